@@ -1,0 +1,53 @@
+"""The ``pool`` command. It only wires: each area registers its commands from its own module."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="pool",
+    help=(
+        "compute-pools: run competition submissions and other long tasks on pools of workers "
+        "fed by Azure Service Bus queues — or, with no cloud account, on the local stack "
+        "(start with `pool demo`)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Each module exposes register(app: typer.Typer) and keeps heavy imports inside its commands,
+# so `pool --help` stays fast.
+_COMMAND_MODULES = (
+    "worker.emulator.commands",  # pool emulator
+    "worker.agent.commands",  # pool agent
+    "worker.local.commands",  # pool local up, submit, status, logs, demo, competition
+    "worker.execution.commands",  # pool sandbox check
+)
+
+for _name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:  # an area not built yet; remove once all exist
+        if exc.name != _name:
+            raise
+        continue
+    _module.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed compute-pools version."""
+    from worker import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,194 @@
+"""Wire models exchanged through the queues: a Task (site -> worker) and a Status (worker -> site).
+
+Messages carry ids and SAS URLs, never payloads. JSON on the wire, versioned by ``schema_version``;
+anything that does not validate raises :class:`ProtocolError` with a readable reason, which the
+receiver turns into a dead-letter reason. This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+CONTENT_TYPE = "application/vnd.compute-pools+json"
+
+TaskId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted; ``str(error)`` is the dead-letter description."""
+
+    def __init__(self, reason: str, description: str) -> None:
+        super().__init__(description)
+        self.reason = reason  # short, machine-readable (dead-letter reason)
+        self.description = description
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskType(StrEnum):
+    EVALUATE_SUBMISSION = "evaluate_submission"
+    RUN_ANALYSIS = "run_analysis"
+    SITE_JOB = "site_job"
+
+
+class TaskState(StrEnum):
+    RECEIVED = "received"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    UPLOADING = "uploading"
+    FINISHED = "finished"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {TaskState.FINISHED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELLED}
+)
+
+
+class KillReason(StrEnum):
+    """Why the worker stopped a program before it exited by itself."""
+
+    TIME = "time"
+    MEMORY = "memory"
+    OUTPUT = "output"
+    DISK = "disk"
+    PROCESSES = "processes"
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+
+
+class Bundle(_Model):
+    """A read-only input: an archive (zip / tar.*) or a single file, fetched through a SAS URL.
+
+    ``name`` is the directory (archives) or file name under the task's ``inputs/`` it appears as;
+    the program bundle always appears as ``program/``.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    url: str
+    kind: Literal["archive", "file"] = "archive"
+    sha256: str | None = None  # cache key when given; otherwise the URL without its query
+    size: int | None = Field(default=None, ge=0)
+
+
+class Resources(_Model):
+    cpus: float | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, gt=0)
+    gpus: int = Field(default=0, ge=0)
+    disk_mb: int | None = Field(default=None, gt=0)
+    network: bool = False  # opt-in per competition; outbound only
+
+
+class Task(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    task_id: TaskId
+    attempt: int = Field(default=1, ge=1)
+    competition: Name
+    task_type: TaskType = TaskType.EVALUATE_SUBMISSION
+    command: list[str] = Field(min_length=1)  # argv, run in the task's scratch dir
+    env: dict[str, str] = Field(default_factory=dict)
+    program: Bundle | None = None
+    inputs: list[Bundle] = Field(default_factory=list)
+    output_url: str | None = None  # write-only SAS of the output archive blob
+    stdout_url: str  # append blob, add/create/write SAS
+    stderr_url: str
+    control_url: str | None = None  # read-only SAS of the task's control blob (cancellation)
+    time_limit_s: float = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    resources: Resources = Field(default_factory=Resources)
+    reply_to: str  # the response queue
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def message_id(self) -> str:
+        """Duplicate-detection id: the same task attempt is never queued twice."""
+        return f"{self.task_id}:{self.attempt}"
+
+
+class HostFacts(_Model):
+    hostname: str
+    os: str
+    cpu_count: int
+    memory_mb: int
+    driver: str
+    agent_version: str
+    gpus: int = 0
+    enforced_limits: dict[str, str] = Field(default_factory=dict)
+
+
+class Status(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    task_id: TaskId
+    attempt: int = Field(ge=1)
+    seq: int = Field(ge=0)  # per attempt, strictly increasing; the watcher ignores stale ones
+    state: TaskState
+    heartbeat: bool = False  # a periodic "still running" report, same state as before
+    worker_id: str
+    host: HostFacts | None = None  # sent with the first status of an attempt
+    exit_code: int | None = None
+    kill_reason: KillReason | None = None
+    reason: str | None = None  # human-readable failure reason
+    output_bytes: int | None = None
+    timestamp: datetime = Field(default_factory=utcnow)
+
+
+Message = Task | Status
+
+
+def encode(message: Task | Status) -> bytes:
+    data = message.model_dump_json().encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("MessageTooLarge", f"message is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def _decode(model: type[Task] | type[Status], body: bytes | str) -> Task | Status:
+    raw = body.encode() if isinstance(body, str) else bytes(body)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("MessageTooLarge", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("MalformedMessage", f"body is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("MalformedMessage", "body is not a JSON object")
+    version = obj.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ProtocolError(
+            "UnsupportedSchemaVersion",
+            f"schema_version {version!r} is not supported (this worker speaks {SCHEMA_VERSION})",
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()[:10]
+        )
+        raise ProtocolError(f"Invalid{model.__name__}", f"invalid {model.__name__.lower()}: {problems}") from None
+
+
+def decode_task(body: bytes | str) -> Task:
+    return _decode(Task, body)  # type: ignore[return-value]
+
+
+def decode_status(body: bytes | str) -> Status:
+    return _decode(Status, body)  # type: ignore[return-value]
