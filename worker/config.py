@@ -180,3 +180,32 @@ def load_agent_config(path: str | Path) -> AgentConfig:
 def dump_agent_config(config: AgentConfig) -> str:
     """YAML in exactly the format :func:`load_agent_config` reads (used by renderers and tests)."""
     return yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+# --- Naming shared by the site, the local stack and the Pulumi program -------------------------------
+# A competition name is lowercase letters, digits and hyphens, at most 50 characters, so that every
+# derived name fits Azure's limits (containers: 3-63 chars, lowercase, letters/digits/hyphens).
+COMPETITION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,49}$")
+
+
+def check_competition_name(name: str) -> str:
+    if not COMPETITION_NAME_RE.match(name):
+        raise ConfigError(
+            f"invalid competition name {name!r}: use 3-50 lowercase letters, digits and single hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def competition_queues(competition: str) -> tuple[str, str]:
+    """(task queue, response queue) of a competition."""
+    check_competition_name(competition)
+    return f"{competition}-tasks", f"{competition}-responses"
+
+
+def competition_containers(competition: str) -> dict[str, str]:
+    """Blob containers of a competition: bundles (program/input archives), logs (stdout/stderr append
+    blobs and the control blob under ``tasks/<task_id>/<attempt>/``) and outputs
+    (``tasks/<task_id>/<attempt>/output.tar.gz``)."""
+    check_competition_name(competition)
+    return {kind: f"{competition}-{kind}" for kind in ("bundles", "logs", "outputs")}
