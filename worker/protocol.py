@@ -19,7 +19,7 @@ MAX_MESSAGE_BYTES = 256 * 1024
 CONTENT_TYPE = "application/vnd.compute-pools+json"
 
 TaskId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")]  # see config.check_competition_name
 
 
 def utcnow() -> datetime:
