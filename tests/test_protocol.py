@@ -1,0 +1,80 @@
+"""The wire models: round trips, versioning and readable rejection reasons."""
+
+import json
+
+import pytest
+
+from worker.protocol import (
+    MAX_MESSAGE_BYTES,
+    ProtocolError,
+    Status,
+    Task,
+    TaskState,
+    decode_status,
+    decode_task,
+    encode,
+)
+
+
+def make_task(**overrides) -> Task:
+    fields = dict(
+        task_id="sub-42",
+        competition="comp-demo",
+        command=["python", "program/predict.py"],
+        stdout_url="http://127.0.0.1:1/devstoreaccount1/comp-demo-logs/tasks/sub-42/1/stdout.log?sig=x",
+        stderr_url="http://127.0.0.1:1/devstoreaccount1/comp-demo-logs/tasks/sub-42/1/stderr.log?sig=x",
+        reply_to="comp-demo-responses",
+    )
+    fields.update(overrides)
+    return Task(**fields)
+
+
+def test_task_round_trip_keeps_every_field():
+    task = make_task(env={"SEED": "1"}, time_limit_s=12.5, attempt=2)
+    back = decode_task(encode(task))
+    assert back == task
+    assert back.message_id == "sub-42:2"
+
+
+def test_status_round_trip():
+    status = Status(task_id="sub-42", attempt=1, seq=3, state=TaskState.FAILED, worker_id="w1",
+                    exit_code=2, reason="program exited with code 2")
+    assert decode_status(encode(status)) == status
+    assert status.state.terminal and not TaskState.RUNNING.terminal
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "fragment"),
+    [
+        (b"\xff\xfe not json", "MalformedMessage", "not JSON"),
+        (b"[1, 2]", "MalformedMessage", "not a JSON object"),
+        (b'{"schema_version": 99}', "UnsupportedSchemaVersion", "99"),
+        (b'{"task_id": "x"}', "UnsupportedSchemaVersion", "None"),
+        (json.dumps({"schema_version": 1, "task_id": "../etc"}).encode(), "InvalidTask", "task_id"),
+    ],
+)
+def test_bad_tasks_are_rejected_with_a_readable_reason(body, reason, fragment):
+    with pytest.raises(ProtocolError) as info:
+        decode_task(body)
+    assert info.value.reason == reason
+    assert fragment in info.value.description
+
+
+def test_unknown_fields_are_rejected():
+    data = json.loads(encode(make_task()))
+    data["surprise"] = 1
+    with pytest.raises(ProtocolError, match="surprise"):
+        decode_task(json.dumps(data))
+
+
+def test_oversize_messages_are_rejected_both_ways():
+    with pytest.raises(ProtocolError) as info:
+        encode(make_task(env={"BIG": "x" * MAX_MESSAGE_BYTES}))
+    assert info.value.reason == "MessageTooLarge"
+    with pytest.raises(ProtocolError):
+        decode_task(b" " * (MAX_MESSAGE_BYTES + 1))
+
+
+def test_competition_name_rule_is_enforced():
+    with pytest.raises(Exception):
+        make_task(competition="Comp_Demo")
