@@ -1,0 +1,123 @@
+"""worker.storage against a real Azurite: containers, least-rights SAS per task, logs, cancellation."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import uuid
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+
+from worker import storage as st
+from worker.config import competition_containers
+
+
+@pytest.fixture
+def store(azurite):
+    s = st.Storage.from_connection_string(azurite.connection_string)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def competition() -> str:
+    return f"c-{uuid.uuid4().hex[:10]}"
+
+
+def _status(exc_info) -> int:
+    return exc_info.value.status_code
+
+
+def test_ensure_competition_creates_containers_idempotently(store, competition):
+    first = store.ensure_competition(competition)
+    store._known_containers.clear()
+    assert store.ensure_competition(competition) == first == competition_containers(competition)
+    names = {c.name for c in store.service.list_containers(name_starts_with=competition)}
+    assert names == set(first.values())
+
+
+def test_log_sas_can_append_but_not_read_or_touch_other_blobs(store, competition):
+    store.ensure_competition(competition)
+    urls = store.task_urls(competition, "t1", 1, time_limit_s=60)
+    st.create_append_url(urls.stdout_url)
+    st.create_append_url(urls.stdout_url)  # idempotent
+    st.append_url(urls.stdout_url, b"hello\n")
+    st.append_url(urls.stdout_url, b"world\n")
+    assert store.read_log(competition, "t1", 1, "stdout") == b"hello\nworld\n"
+    assert store.read_log(competition, "t1", 1, "stdout", offset=6) == b"world\n"
+    assert store.read_log(competition, "t1", 1, "stdout", offset=12) == b""
+    assert store.read_log(competition, "t1", 1, "stderr") == b""  # not created yet
+    with pytest.raises(HttpResponseError) as denied:
+        st.blob_from_url(urls.stdout_url).download_blob().readall()
+    assert _status(denied) == 403
+    # The same signature on another task's blob is refused.
+    other = urls.stdout_url.replace("/tasks/t1/1/", "/tasks/t2/1/")
+    with pytest.raises(HttpResponseError) as denied:
+        st.create_append_url(other)
+    assert _status(denied) == 403
+
+
+def test_control_sas_is_read_only_and_reports_cancellation(store, competition):
+    store.ensure_competition(competition)
+    urls = store.task_urls(competition, "t1", 2, time_limit_s=60)
+    assert st.read_control_url(urls.control_url) is None
+    store.cancel(competition, "t1", 2, reason="user asked")
+    signal = st.read_control_url(urls.control_url)
+    assert signal is not None and signal.action == "cancel" and signal.reason == "user asked"
+    with pytest.raises(HttpResponseError) as denied:
+        st.upload_url(urls.control_url, b"{}")
+    assert _status(denied) == 403
+    # Attempt 1's control blob is untouched by attempt 2's cancellation.
+    assert st.read_control_url(store.task_urls(competition, "t1", 1, 60).control_url) is None
+
+
+def test_output_sas_can_write_but_not_read(store, competition):
+    store.ensure_competition(competition)
+    urls = store.task_urls(competition, "t9", 1, time_limit_s=60)
+    st.upload_url(urls.output_url, b"archive-bytes")
+    assert store.read_output(competition, "t9", 1) == b"archive-bytes"
+    assert store.read_output(competition, "t9", 2) is None
+    with pytest.raises(HttpResponseError) as denied:
+        st.blob_from_url(urls.output_url).download_blob().readall()
+    assert _status(denied) == 403
+
+
+def test_expired_sas_is_refused(azurite, competition):
+    store = st.Storage.from_connection_string(azurite.connection_string, sas_margin_s=-3600)
+    store.ensure_competition(competition)
+    urls = store.task_urls(competition, "t1", 1, time_limit_s=60)
+    with pytest.raises(HttpResponseError) as denied:
+        st.create_append_url(urls.stdout_url)
+    assert _status(denied) == 403
+
+
+def test_bundle_directory_is_content_addressed_and_read_only(store, competition, tmp_path):
+    (tmp_path / "prog").mkdir()
+    (tmp_path / "prog" / "main.py").write_text("print('hi')\n")
+    (tmp_path / "prog" / "sub").mkdir()
+    (tmp_path / "prog" / "sub" / "data.txt").write_text("x")
+    first = store.upload_bundle(competition, tmp_path / "prog")
+    second = store.upload_bundle(competition, tmp_path / "prog")
+    assert first == second and first.blob_name == f"sha256/{first.sha256}.tar.gz"
+    bundle = store.bundle_for_task(first, "program", time_limit_s=60)
+    assert bundle.kind == "archive" and bundle.sha256 == first.sha256 and bundle.size == first.size
+    data = st.blob_from_url(bundle.url).download_blob().readall()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert sorted(tar.getnames()) == ["main.py", "sub", "sub/data.txt"]
+        assert tar.extractfile("main.py").read() == b"print('hi')\n"
+    with pytest.raises(HttpResponseError) as denied:
+        st.upload_url(bundle.url, b"tampered")
+    assert _status(denied) == 403
+
+
+def test_bundle_with_symlink_is_rejected(store, competition, tmp_path):
+    (tmp_path / "prog").mkdir()
+    (tmp_path / "prog" / "link").symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="symbolic links"):
+        store.upload_bundle(competition, tmp_path / "prog")
+
+
+def test_missing_bundle_path_is_a_clear_error(store, competition, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        store.upload_bundle(competition, tmp_path / "nope")
