@@ -1,0 +1,221 @@
+"""The ``process`` driver: runs the program as a plain child process, without isolation.
+
+The program gets its own session (``setsid``: new session and process group) and a minimal
+environment (never the agent's, which may hold credentials). Limits it can enforce are per-process
+rlimits; the wall-clock limit, cancellation and output caps are enforced by killing the whole tree.
+
+Killing "the whole tree" of an unsandboxed program is best effort, so it is layered:
+
+1. the process group and the session of the program (``killpg``, ``getsid``);
+2. every descendant of the main process still attached to it (psutil);
+3. every process carrying this execution's token in its environment — this catches a child that
+   ``setsid()``\\ s and double-forks away from both the group and the tree.
+
+A process that leaves the session AND rewrites its environment escapes this driver; the sandboxed
+drivers (pid namespaces, cgroups, job objects) do not have that gap.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+if sys.platform != "win32":
+    import resource
+
+from worker.execution.base import Execution, ExecutionDriver, ExecutionResult, ExecutionSpec, Limits
+from worker.protocol import KillReason
+
+TOKEN_VAR = "POOL_EXECUTION_TOKEN"
+_KILL_ROUNDS = 5  # a forking program can race one sweep; a few sweeps catch the stragglers
+
+
+def base_environment(spec: ExecutionSpec) -> dict[str, str]:
+    """What every program sees before the task's own variables are applied."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": str(spec.scratch_dir),
+        "TMPDIR": str(spec.scratch_dir),
+        "PYTHONUNBUFFERED": "1",  # logs should stream while the program runs, not at exit
+        "POOL_TASK_ID": spec.task_id,
+    }
+
+
+def _rlimit_plan(limits: Limits) -> list[tuple[int, int]]:
+    plan: list[tuple[int, int | None]] = [
+        (resource.RLIMIT_AS, limits.memory_bytes),
+        (resource.RLIMIT_CPU, int(limits.cpu_time_s) if limits.cpu_time_s else None),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_NPROC, limits.max_processes),
+    ]
+    return [(which, value) for which, value in plan if value is not None]
+
+
+def _make_preexec(plan: list[tuple[int, int]]):
+    if not plan:
+        return None
+
+    def apply() -> None:  # runs in the child between fork and exec: no imports, no locks, no I/O
+        for which, value in plan:
+            _soft, hard = resource.getrlimit(which)
+            ceiling = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(which, (ceiling, ceiling))
+
+    return apply
+
+
+def _has_token(proc: psutil.Process, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+            return marker in fh.read()
+    except OSError:
+        return False
+
+
+class ProcessExecution(Execution):
+    def __init__(self, spec: ExecutionSpec) -> None:
+        self.spec = spec
+        self._token = uuid.uuid4().hex
+        env = {**base_environment(spec), **spec.env, TOKEN_VAR: self._token}
+        self._started = time.monotonic()
+        self._popen = subprocess.Popen(
+            spec.argv,
+            cwd=spec.scratch_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            # Safe with threads here: the hook only calls setrlimit (module imported beforehand).
+            preexec_fn=_make_preexec(_rlimit_plan(spec.limits)) if sys.platform != "win32" else None,  # noqa: PLW1509
+        )
+        self.stdout = self._popen.stdout  # type: ignore[assignment]
+        self.stderr = self._popen.stderr  # type: ignore[assignment]
+        self.pid = self._popen.pid
+        self._sid = self.pid  # start_new_session: the program leads its own session and group
+        self._lock = threading.Lock()
+        self._kill_reason: KillReason | None = None
+        self._returncode: int | None = None
+        self._ended: float | None = None
+        self._finished = False
+
+    # -- Execution -------------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            code = self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        with self._lock:
+            if self._ended is None:
+                self._ended = time.monotonic()
+                self._returncode = code
+        return code
+
+    def kill(self, reason: KillReason) -> None:
+        with self._lock:
+            if self._kill_reason is None and self._popen.returncode is None:
+                self._kill_reason = reason
+        self._kill_tree()
+
+    def result(self) -> ExecutionResult:
+        code = self.wait()
+        if not self._finished:
+            self._finished = True
+            self._kill_tree()  # the task is over: nothing it started may outlive it
+        exit_code, sig = (code, None) if code is not None and code >= 0 else (None, -(code or 0) or None)
+        return ExecutionResult(
+            exit_code=exit_code,
+            signal=sig,
+            kill_reason=self._kill_reason,
+            duration_s=(self._ended or time.monotonic()) - self._started,
+        )
+
+    # -- killing the tree --------------------------------------------------------------------------
+    def remaining(self) -> list[psutil.Process]:
+        """Processes that belong to this execution and are still alive (zombies excluded)."""
+        found: dict[int, psutil.Process] = {}
+        marker = f"{TOKEN_VAR}={self._token}".encode()
+        me = os.getpid()
+        try:
+            main = psutil.Process(self.pid)
+            if main.status() != psutil.STATUS_ZOMBIE:
+                found[main.pid] = main
+            for child in main.children(recursive=True):
+                found[child.pid] = child
+        except psutil.Error:
+            pass
+        for proc in psutil.process_iter():
+            if proc.pid in found or proc.pid == me:
+                continue
+            try:
+                in_session = os.getsid(proc.pid) == self._sid
+            except OSError:
+                continue
+            if in_session or _has_token(proc, marker):
+                found[proc.pid] = proc
+        alive = []
+        for proc in found.values():
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                pass
+        return alive
+
+    def _kill_tree(self) -> None:
+        for _ in range(_KILL_ROUNDS):
+            try:
+                os.killpg(self._sid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            victims = self.remaining()
+            if not victims:
+                return
+            for proc in victims:
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(victims, timeout=1)
+
+
+class ProcessDriver(ExecutionDriver):
+    """Plain processes: fast, no isolation. For trusted code and development."""
+
+    name = "process"
+
+    def check_available(self) -> None:  # runs wherever Python runs
+        return None
+
+    def enforced_limits(self) -> dict[str, str]:
+        if sys.platform == "win32":
+            return {"wall_time": "agent kills the process tree", "memory": "not enforced",
+                    "network": "not isolated", "filesystem": "not isolated"}
+        nproc = "RLIMIT_NPROC (per user; no effect for root)" if os.geteuid() == 0 else "RLIMIT_NPROC (per user)"
+        return {
+            "wall_time": "agent kills process group, session and tagged processes",
+            "memory": "RLIMIT_AS (address space, per process)",
+            "cpu_time": "RLIMIT_CPU (per process)",
+            "file_size": "RLIMIT_FSIZE",
+            "open_files": "RLIMIT_NOFILE",
+            "processes": nproc,
+            "scratch": "not enforced",
+            "network": "not isolated",
+            "filesystem": "not isolated (program/ and inputs/ are read-only by permissions only)",
+        }
+
+    def start(self, spec: ExecutionSpec) -> Execution:
+        for directory in (spec.scratch_dir, spec.output_dir):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        return ProcessExecution(spec)
