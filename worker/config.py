@@ -132,6 +132,8 @@ class AgentConfig(_Strict):
     log_flush_interval_s: float = Field(default=0.5, gt=0, le=1.0)
     cancel_poll_interval_s: float = Field(default=2.0, gt=0, le=5.0)
     receive_wait_s: float = Field(default=5.0, gt=0)
+    # On SIGTERM the current task may finish within this grace; past it, it is handed back (abandoned).
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def resolved_worker_id(self) -> str:
