@@ -1,0 +1,90 @@
+"""Engine, sessions and migrations. SQLite by default (WAL, writers serialised with BEGIN IMMEDIATE so
+concurrent watcher / monitor / submit processes never see "database is locked" mid-transaction);
+PostgreSQL through psycopg 3 (``postgresql+psycopg://...``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+T = TypeVar("T")
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def make_engine(url: str, **kwargs: object) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            if ":memory:" not in url:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection):  # type: ignore[no-untyped-def]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if isinstance(url_or_engine, str):
+        engine = make_engine(url_or_engine)
+        owned = True
+    else:
+        engine, owned = url_or_engine, False
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        if owned:
+            engine.dispose()
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as session, session.begin():
+        yield session
+
+
+def retrying(factory: sessionmaker[Session], work: Callable[[Session], T], attempts: int = 5) -> T:
+    """Run ``work`` in a transaction, again if a concurrent writer got there first (optimistic
+    version check) or the database was briefly locked."""
+    for attempt in range(attempts):
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except (StaleDataError, OperationalError) as exc:
+            if attempt == attempts - 1 or (isinstance(exc, OperationalError) and "lock" not in str(exc).lower()
+                                            and "serializ" not in str(exc).lower()):
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,163 @@
+"""Database models of the site: pools, tasks, one history row per state transition, workers seen."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from worker.protocol import TaskState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class SiteState(StrEnum):
+    """A task's state on the site: QUEUED (row written, message sent or about to be) then the
+    worker-reported protocol states."""
+
+    QUEUED = "queued"
+    RECEIVED = TaskState.RECEIVED.value
+    PREPARING = TaskState.PREPARING.value
+    RUNNING = TaskState.RUNNING.value
+    UPLOADING = TaskState.UPLOADING.value
+    FINISHED = TaskState.FINISHED.value
+    FAILED = TaskState.FAILED.value
+    TIMED_OUT = TaskState.TIMED_OUT.value
+    CANCELLED = TaskState.CANCELLED.value
+
+    @property
+    def terminal(self) -> bool:
+        return self.value in TERMINAL
+
+    @property
+    def active(self) -> bool:  # a worker has it
+        return self.value in ACTIVE
+
+
+TERMINAL = frozenset(s.value for s in TaskState if s.terminal)
+ACTIVE = frozenset({"received", "preparing", "running", "uploading"})
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Pool(Base):
+    """A competition's pool = its queue pair (a list the site manages). The connection strings are
+    the site's own (Send on the task queue + Listen on both, for dead letters); None = use the site's
+    namespace-level connection string."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_queue: Mapped[str] = mapped_column(String(260))
+    response_queue: Mapped[str] = mapped_column(String(260))
+    task_queue_connection_string: Mapped[str | None] = mapped_column(Text)
+    response_queue_connection_string: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Refreshed by the monitor.
+    queue_depth: Mapped[int | None] = mapped_column(Integer)
+    dead_letters: Mapped[int | None] = mapped_column(Integer)
+    depth_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pool: Mapped[str] = mapped_column(ForeignKey("pools.name"), index=True)
+    task_type: Mapped[str] = mapped_column(String(32))
+    command: Mapped[list[str]] = mapped_column(JSON)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    bundles: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # StoredBundle + name
+    time_limit_s: Mapped[float] = mapped_column(Float)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+
+    state: Mapped[str] = mapped_column(String(16), default=SiteState.QUEUED.value, index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    last_seq: Mapped[int] = mapped_column(Integer, default=-1)  # of the current delivery
+    delivery_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # its RECEIVED timestamp
+    last_status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # worker's clock
+    last_heard_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # site's clock (heartbeats)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    kill_reason: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    output_bytes: Mapped[int | None] = mapped_column(Integer)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: message not sent yet
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic concurrency
+
+    events: Mapped[list[TaskEvent]] = relationship(back_populates="task", order_by="TaskEvent.id",
+                                                   cascade="all, delete-orphan")
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy reads it as is
+    __table_args__ = (Index("ix_tasks_state_heard", "state", "last_heard_at"),)
+
+    @property
+    def site_state(self) -> SiteState:
+        return SiteState(self.state)
+
+
+class TaskEvent(Base):
+    """One row per state transition (heartbeats and duplicates never add rows)."""
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)  # -1 for site-made transitions (lost, dead-lettered...)
+    state: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))  # worker | site
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the status' timestamp
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    task: Mapped[Task] = relationship(back_populates="events")
+
+    __table_args__ = (UniqueConstraint("task_id", "attempt", "seq", "reported_at", "source",
+                                       name="uq_task_events_status"),)
+
+
+class Worker(Base):
+    """A worker as last heard of through its statuses (live = heard within a few heartbeats)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(64), index=True)
+    host: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    current_task: Mapped[str | None] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,215 @@
+"""The site's background worker: keeps every task moving towards a final state.
+
+- tasks recorded but never sent (the send failed) are sent again;
+- tasks whose worker went silent (no status for ``lost_after_s``) are marked lost: the old attempt is
+  told to stop (control blob) and a new attempt is queued, or the task fails after ``max_attempts``;
+- tasks dead-lettered by Service Bus or by a worker (malformed, max deliveries) become failed with the
+  dead-letter reason;
+- each pool's queue depth and dead-letter count are refreshed (when a depth probe is given).
+
+``lost_after_s`` must exceed the queue's lock duration: a worker that dies mid-task loses its lock and
+Service Bus redelivers the SAME attempt to another worker, which is preferred to a new attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.protocol import ProtocolError, decode_task
+from worker.site.db import retrying
+from worker.site.models import ACTIVE, Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import Task as TaskRow
+from worker.site.pools import list_pools
+from worker.site.producer import Producer, SubmitError
+from worker.site.queues import SiteQueues
+
+log = logging.getLogger(__name__)
+
+DepthProbe = Callable[[Pool], tuple[int, int] | None]  # pool -> (active messages, dead letters)
+
+
+class Monitor:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        producer: Producer,
+        queues: SiteQueues,
+        *,
+        lost_after_s: float = 180.0,
+        resend_after_s: float = 5.0,
+        interval_s: float = 1.0,
+        depth_probe: DepthProbe | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.producer = producer
+        self.queues = queues
+        self.lost_after_s = lost_after_s
+        self.resend_after_s = resend_after_s
+        self.interval_s = interval_s
+        self.depth_probe = depth_probe
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - the monitor must outlive a bad tick
+                log.warning("monitor tick failed: %s", exc)
+
+    def tick(self, now: datetime | None = None) -> None:
+        self.resend_unsent(now)
+        self.handle_lost(now)
+        with self.sessions() as session:
+            pools = list_pools(session)
+        for pool in pools:
+            self.drain_dead_letters(pool)
+            self.refresh_depth(pool)
+
+    # --- steps ------------------------------------------------------------------------------------
+    def resend_unsent(self, now: datetime | None = None) -> int:
+        cutoff = (now or utcnow()) - timedelta(seconds=self.resend_after_s)
+        with self.sessions() as session:
+            ids = list(session.scalars(select(TaskRow.id).where(
+                TaskRow.state == SiteState.QUEUED.value, TaskRow.sent_at.is_(None), TaskRow.created_at < cutoff)))
+        sent = 0
+        for task_id in ids:
+            try:
+                self.producer.send(task_id)
+                sent += 1
+            except SubmitError as exc:
+                log.warning("%s", exc)
+        return sent
+
+    def handle_lost(self, now: datetime | None = None) -> list[str]:
+        now = now or utcnow()
+        cutoff = now - timedelta(seconds=self.lost_after_s)
+        with self.sessions() as session:
+            ids = list(session.scalars(select(TaskRow.id).where(
+                TaskRow.state.in_(ACTIVE), TaskRow.last_heard_at < cutoff)))
+        handled = []
+        for task_id in ids:
+            old = retrying(self.sessions, lambda s, t=task_id: self._mark_lost(s, t, now, cutoff))
+            if old is None:
+                continue
+            handled.append(task_id)
+            pool, attempt, requeued = old
+            try:  # the silent worker may still be alive: tell it to stop
+                self.producer.storage.cancel(pool, task_id, attempt, "lost: superseded by the site")
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not write the control blob of %s/%s: %s", task_id, attempt, exc)
+            if requeued:
+                try:
+                    self.producer.send(task_id)
+                except SubmitError as exc:
+                    log.warning("%s", exc)
+        return handled
+
+    def _mark_lost(self, session: Session, task_id: str, now: datetime,
+                   cutoff: datetime) -> tuple[str, int, bool] | None:
+        row = session.get(TaskRow, task_id, with_for_update=True)
+        if row is None or row.state not in ACTIVE or row.last_heard_at is None or row.last_heard_at >= cutoff:
+            return None
+        silent = (now - row.last_heard_at).total_seconds()
+        reason = f"lost: no status from worker {row.worker_id} for {silent:.0f} s"
+        old_attempt = row.attempt
+        session.add(TaskEvent(task_id=row.id, attempt=old_attempt, seq=-1, state="lost", source="site",
+                              worker_id=row.worker_id, reason=reason, reported_at=now, recorded_at=now))
+        if row.attempt < row.max_attempts and row.cancel_requested_at is None:
+            row.attempt += 1
+            row.state = SiteState.QUEUED.value
+            row.sent_at = None
+            row.last_seq = -1
+            row.delivery_started_at = row.last_status_at = None
+            row.worker_id = None
+            session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=SiteState.QUEUED.value,
+                                  source="site", reason=f"resubmitted after {reason}", reported_at=now,
+                                  recorded_at=now))
+            return row.pool, old_attempt, True
+        row.state = SiteState.FAILED.value
+        row.reason = f"{reason} (attempt {row.attempt} of {row.max_attempts})"
+        row.finished_at = now
+        session.add(TaskEvent(task_id=row.id, attempt=old_attempt, seq=-1, state=row.state, source="site",
+                              reason=row.reason, reported_at=now, recorded_at=now))
+        return row.pool, old_attempt, False
+
+    def drain_dead_letters(self, pool: Pool, max_messages: int = 50) -> int:
+        """Dead-lettered task messages -> failed tasks with the dead-letter reason."""
+        client = self.queues.client(pool.task_queue_connection_string)
+        handled = 0
+        with client.get_queue_receiver(pool.task_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+                                       receive_mode=ServiceBusReceiveMode.PEEK_LOCK) as receiver:
+            messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=0.2)
+            for message in messages:
+                task_id, attempt = _task_ref(message.message_id, b"".join(message.body))
+                reason = f"dead-lettered: {message.dead_letter_reason or 'unknown reason'}"
+                if message.dead_letter_error_description:
+                    reason += f": {message.dead_letter_error_description}"
+                if task_id is not None:
+                    retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason: _fail_dead_lettered(s, t, a, r))
+                else:
+                    log.warning("dead-lettered message %s on %s names no task (%s); dropped",
+                                message.message_id, pool.task_queue, reason)
+                receiver.complete_message(message)
+                handled += 1
+        return handled
+
+    def refresh_depth(self, pool: Pool) -> None:
+        if self.depth_probe is None:
+            return
+        try:
+            depth = self.depth_probe(pool)
+        except Exception as exc:  # noqa: BLE001 - display data only
+            log.debug("depth of %s unavailable: %s", pool.name, exc)
+            return
+        if depth is None:
+            return
+
+        def store(session: Session) -> None:
+            row = session.get(Pool, pool.name)
+            if row is not None:
+                row.queue_depth, row.dead_letters = depth
+                row.depth_checked_at = utcnow()
+
+        retrying(self.sessions, store)
+
+
+def _task_ref(message_id: str | None, body: bytes) -> tuple[str | None, int | None]:
+    if message_id and ":" in message_id:
+        task_id, _, attempt = message_id.rpartition(":")
+        if attempt.isdigit():
+            return task_id, int(attempt)
+    try:
+        task = decode_task(body)
+        return task.task_id, task.attempt
+    except ProtocolError:
+        return (message_id or None), None
+
+
+def _fail_dead_lettered(session: Session, task_id: str, attempt: int | None, reason: str) -> None:
+    row = session.get(TaskRow, task_id, with_for_update=True)
+    if row is None or row.site_state.terminal or (attempt is not None and attempt != row.attempt):
+        return
+    now = utcnow()
+    row.state = SiteState.FAILED.value
+    row.reason = reason
+    row.finished_at = now
+    session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state, source="site",
+                          reason=reason, reported_at=now, recorded_at=now))

@@ -1,0 +1,150 @@
+"""Submit tasks: write the task row, give it SAS URLs scoped to this attempt, send it to the pool's
+task queue with ``message_id = "<task_id>:<attempt>"`` (duplicate detection: a resend never runs twice).
+
+The row is committed BEFORE the send, so nothing is lost: a task whose send failed keeps
+``sent_at = NULL`` and the monitor sends it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker import protocol
+from worker.site.db import retrying, transaction
+from worker.site.models import Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import Task as TaskRow
+from worker.site.pools import get_pool
+from worker.site.queues import SiteQueues
+from worker.storage import Storage, StoredBundle
+
+log = logging.getLogger(__name__)
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+def new_task_id() -> str:
+    return f"t{datetime.now().strftime('%y%m%d')}-{secrets.token_hex(5)}"
+
+
+@dataclass
+class Submission:
+    """What a caller asks for. ``program`` / ``inputs`` are directories, files or stored bundles."""
+
+    pool: str
+    command: list[str]
+    program: Path | StoredBundle | None = None
+    inputs: dict[str, Path | StoredBundle] = field(default_factory=dict)
+    time_limit_s: float = 3600.0
+    env: dict[str, str] = field(default_factory=dict)
+    task_type: protocol.TaskType = protocol.TaskType.EVALUATE_SUBMISSION
+    resources: protocol.Resources = field(default_factory=protocol.Resources)
+    max_attempts: int = 3
+    task_id: str | None = None
+
+
+class Producer:
+    def __init__(self, sessions: sessionmaker[Session], storage: Storage, queues: SiteQueues) -> None:
+        self.sessions = sessions
+        self.storage = storage
+        self.queues = queues
+
+    def submit(self, submission: Submission) -> TaskRow:
+        if not submission.command:
+            raise SubmitError("a task needs a command")
+        with transaction(self.sessions) as session:
+            get_pool(session, submission.pool)  # clear error before uploading anything
+        bundles = []
+        if submission.program is not None:
+            bundles.append(self._stored("program", submission.pool, submission.program))
+        for name, source in submission.inputs.items():
+            bundles.append(self._stored(name, submission.pool, source))
+        row = TaskRow(
+            id=submission.task_id or new_task_id(), pool=submission.pool, task_type=submission.task_type.value,
+            command=list(submission.command), env=dict(submission.env), bundles=bundles,
+            time_limit_s=submission.time_limit_s, resources=submission.resources.model_dump(mode="json"),
+            max_attempts=submission.max_attempts, state=SiteState.QUEUED.value, attempt=1,
+        )
+        with transaction(self.sessions) as session:
+            session.add(row)
+            session.add(TaskEvent(task_id=row.id, attempt=1, seq=-1, state=SiteState.QUEUED.value,
+                                  source="site", reason="submitted", reported_at=utcnow()))
+        self.send(row.id)
+        return row
+
+    def _stored(self, name: str, pool: str, source: Path | StoredBundle) -> dict[str, Any]:
+        stored = source if isinstance(source, StoredBundle) else self.storage.upload_bundle(pool, source)
+        return {"name": name, "container": stored.container, "blob_name": stored.blob_name,
+                "sha256": stored.sha256, "size": stored.size}
+
+    def build_message(self, row: TaskRow, pool: Pool) -> protocol.Task:
+        urls = self.storage.task_urls(row.pool, row.id, row.attempt, row.time_limit_s)
+        program, inputs = None, []
+        for b in row.bundles:
+            stored = StoredBundle(b["container"], b["blob_name"], b["sha256"], b["size"])
+            bundle = self.storage.bundle_for_task(stored, b["name"], row.time_limit_s)
+            if b["name"] == "program":
+                program = bundle
+            else:
+                inputs.append(bundle)
+        return protocol.Task(
+            task_id=row.id, attempt=row.attempt, competition=row.pool, task_type=protocol.TaskType(row.task_type),
+            command=row.command, env=row.env, program=program, inputs=inputs, output_url=urls.output_url,
+            stdout_url=urls.stdout_url, stderr_url=urls.stderr_url, control_url=urls.control_url,
+            time_limit_s=row.time_limit_s, resources=protocol.Resources.model_validate(row.resources),
+            reply_to=pool.response_queue,
+        )
+
+    def send(self, task_id: str) -> None:
+        """Send the current attempt of a queued task (again); a no-op once it was sent."""
+        with transaction(self.sessions) as session:
+            row = session.get(TaskRow, task_id)
+            if row is None or row.state != SiteState.QUEUED.value or row.sent_at is not None:
+                return
+            pool = get_pool(session, row.pool)
+            self.storage.ensure_competition(row.pool)
+            message = self.build_message(row, pool)
+            connection_string, queue = pool.task_queue_connection_string, pool.task_queue
+        try:
+            self.queues.send_task(connection_string, queue, message)
+        except Exception as exc:
+            log.warning("sending task %s failed (the monitor will resend it): %s", task_id, exc)
+            raise SubmitError(f"task {task_id} is recorded but could not be sent yet: {exc}") from exc
+
+        def mark_sent(session: Session) -> None:
+            row = session.get(TaskRow, task_id)
+            if row is not None and row.sent_at is None and row.attempt == message.attempt:
+                row.sent_at = utcnow()
+
+        retrying(self.sessions, mark_sent)
+
+    def cancel(self, task_id: str, reason: str = "cancelled by the site") -> TaskRow:
+        """Ask the worker to stop (control blob); a task no worker has yet is cancelled right away."""
+
+        def request(session: Session) -> TaskRow:
+            row = session.get(TaskRow, task_id)
+            if row is None:
+                raise LookupError(f"no task {task_id!r}")
+            if row.site_state.terminal:
+                return row
+            row.cancel_requested_at = row.cancel_requested_at or utcnow()
+            if row.state == SiteState.QUEUED.value:
+                row.state = SiteState.CANCELLED.value
+                row.finished_at = utcnow()
+                row.reason = reason
+                session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state,
+                                      source="site", reason=reason, reported_at=utcnow()))
+            return row
+
+        row = retrying(self.sessions, request)
+        # Written in every case: a queued message may already be on its way to a worker.
+        self.storage.cancel(row.pool, row.id, row.attempt, reason)
+        return row

@@ -1,0 +1,183 @@
+"""Apply the workers' statuses to the database, exactly once in effect under at-least-once delivery.
+
+Rules (see :func:`apply_status`): statuses of another attempt, of a finished task, or whose ``seq`` is
+not above the last applied one are ignored; a state change adds one history row; heartbeats only
+refresh ``last_heard_at``. A redelivery of the same attempt to another worker (the first one died and
+its lock expired) starts a new sequence with a RECEIVED status newer than anything applied so far.
+Each message is completed only after the transaction that applied it committed; a crash in between
+redelivers it, and the rules above make the second application a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusReceiver
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker import protocol
+from worker.site.db import retrying
+from worker.site.models import Task as TaskRow
+from worker.site.models import TaskEvent, Worker, utcnow
+from worker.site.queues import SiteQueues
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # state change: history row written
+    HEARTBEAT = "heartbeat"  # same state, newer seq: liveness refreshed
+    DUPLICATE = "duplicate"  # seq not newer (a redelivered or duplicated message)
+    STALE_ATTEMPT = "stale_attempt"
+    TERMINAL = "terminal"  # the task already reached a final state
+    UNKNOWN_TASK = "unknown_task"
+
+
+def apply_status(session: Session, status: protocol.Status, now: datetime | None = None) -> Outcome:
+    now = now or utcnow()
+    row = session.get(TaskRow, status.task_id, with_for_update=True)
+    if row is None:
+        return Outcome.UNKNOWN_TASK
+    if status.attempt != row.attempt:
+        return Outcome.STALE_ATTEMPT
+    if row.site_state.terminal:
+        return Outcome.TERMINAL
+    newer = status.seq > row.last_seq and (row.delivery_started_at is None or status.timestamp >= row.delivery_started_at)
+    redelivery = (
+        not newer and status.state is protocol.TaskState.RECEIVED and not status.heartbeat
+        and row.last_status_at is not None and status.timestamp > row.last_status_at
+    )
+    if not (newer or redelivery):
+        return Outcome.DUPLICATE
+    if status.state is protocol.TaskState.RECEIVED and not status.heartbeat:
+        row.delivery_started_at = status.timestamp
+    row.last_seq = status.seq
+    row.last_status_at = status.timestamp
+    row.last_heard_at = now
+    row.worker_id = status.worker_id
+    _touch_worker(session, row, status, now)
+    if status.state.value == row.state:
+        return Outcome.HEARTBEAT
+    row.state = status.state.value
+    if status.state is protocol.TaskState.RUNNING and row.started_at is None:
+        row.started_at = status.timestamp
+    if status.exit_code is not None:
+        row.exit_code = status.exit_code
+    if status.kill_reason is not None:
+        row.kill_reason = status.kill_reason.value
+    if status.reason:
+        row.reason = status.reason
+    if status.output_bytes is not None:
+        row.output_bytes = status.output_bytes
+    if status.state.terminal:
+        row.finished_at = now
+    session.add(TaskEvent(task_id=row.id, attempt=status.attempt, seq=status.seq, state=status.state.value,
+                          source="worker", worker_id=status.worker_id, reason=status.reason,
+                          reported_at=status.timestamp, recorded_at=now))
+    return Outcome.APPLIED
+
+
+def _touch_worker(session: Session, row: TaskRow, status: protocol.Status, now: datetime) -> None:
+    worker = session.get(Worker, status.worker_id)
+    if worker is None:
+        worker = Worker(id=status.worker_id, pool=row.pool, first_seen_at=now)
+        session.add(worker)
+    if status.host is not None:
+        worker.host = status.host.model_dump(mode="json")
+    worker.pool = row.pool
+    worker.last_seen_at = now
+    worker.current_task = None if status.state.terminal else row.id
+
+
+@dataclass
+class WatcherStats:
+    received: int = 0
+    applied: int = 0
+    ignored: int = 0
+    dead_lettered: int = 0
+
+
+class Watcher:
+    """Consumes the response queues of every active pool (one thread per pool; new pools are picked
+    up by :meth:`sync_pools`)."""
+
+    def __init__(self, sessions: sessionmaker[Session], queues: SiteQueues, batch: int = 100,
+                 wait_s: float = 1.0) -> None:
+        self.sessions = sessions
+        self.queues = queues
+        self.batch = batch
+        self.wait_s = wait_s
+        self.stats = WatcherStats()
+        self.stop_event = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._stats_lock = threading.Lock()
+
+    def sync_pools(self) -> None:
+        from worker.site.pools import list_pools
+
+        with self.sessions() as session:
+            pools = [(p.name, p.response_queue, p.response_queue_connection_string) for p in list_pools(session)]
+        for name, queue, cs in pools:
+            thread = self._threads.get(name)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._run_pool, args=(name, queue, cs), name=f"watcher-{name}",
+                                          daemon=True)
+                self._threads[name] = thread
+                thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        for thread in self._threads.values():
+            thread.join(timeout)
+
+    def _run_pool(self, pool: str, queue: str, connection_string: str | None) -> None:
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                client = self.queues.client(connection_string)
+                with client.get_queue_receiver(queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+                                               prefetch_count=self.batch) as receiver:
+                    backoff = 0.5
+                    while not self.stop_event.is_set():
+                        messages = receiver.receive_messages(max_message_count=self.batch, max_wait_time=self.wait_s)
+                        if messages:
+                            self.handle(receiver, messages)
+            except Exception as exc:  # noqa: BLE001 - reconnect with backoff, never die
+                log.warning("watcher for pool %s: %s; reconnecting in %.1f s", pool, exc, backoff)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def handle(self, receiver: ServiceBusReceiver, messages: list[ServiceBusReceivedMessage]) -> None:
+        """Apply a batch in ONE transaction, then settle each message."""
+        statuses: list[tuple[ServiceBusReceivedMessage, protocol.Status]] = []
+        for message in messages:
+            try:
+                statuses.append((message, protocol.decode_status(b"".join(message.body))))
+            except protocol.ProtocolError as exc:
+                log.warning("dead-lettering malformed status %s: %s", message.message_id, exc)
+                receiver.dead_letter_message(message, reason=exc.reason, error_description=exc.description[:1024])
+                self._count(dead_lettered=1)
+
+        def work(session: Session) -> list[Outcome]:
+            return [apply_status(session, status) for _, status in statuses]
+
+        outcomes = retrying(self.sessions, work) if statuses else []
+        for (message, status), outcome in zip(statuses, outcomes, strict=True):
+            if outcome is Outcome.UNKNOWN_TASK:
+                receiver.dead_letter_message(message, reason="UnknownTask",
+                                             error_description=f"no task {status.task_id!r} on this site")
+                self._count(dead_lettered=1)
+                continue
+            receiver.complete_message(message)
+            applied = outcome in (Outcome.APPLIED, Outcome.HEARTBEAT)
+            self._count(received=1, applied=int(applied), ignored=int(not applied))
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for key, value in deltas.items():
+                setattr(self.stats, key, getattr(self.stats, key) + value)
+
