@@ -6,7 +6,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -100,7 +111,7 @@ class Task(Base):
 
     state: Mapped[str] = mapped_column(String(16), default=SiteState.QUEUED.value, index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
-    last_seq: Mapped[int] = mapped_column(Integer, default=-1)  # of the current delivery
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=-1)  # of the current delivery
     delivery_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # its RECEIVED timestamp
     last_status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # worker's clock
     last_heard_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # site's clock (heartbeats)
@@ -136,7 +147,7 @@ class TaskEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
-    seq: Mapped[int] = mapped_column(Integer)  # -1 for site-made transitions (lost, dead-lettered...)
+    seq: Mapped[int] = mapped_column(BigInteger)  # -1 for site-made transitions (lost, dead-lettered...)
     state: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(String(16))  # worker | site
     worker_id: Mapped[str | None] = mapped_column(String(128))

@@ -1,0 +1,91 @@
+"""The site as one object: settings -> database, storage, queues, producer, watcher and monitor."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.site.db import make_engine, make_sessionmaker, migrate
+from worker.site.monitor import DepthProbe, Monitor
+from worker.site.producer import Producer
+from worker.site.queues import SiteQueues
+from worker.site.watcher import Watcher
+from worker.storage import DEFAULT_SAS_MARGIN_S, Storage
+
+
+class SiteSettings(BaseModel):
+    """What the site needs. The Service Bus connection string is namespace-level with Send + Listen
+    (no Manage); a pool row may carry its own queue-level ones instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str
+    storage_connection_string: str
+    servicebus_connection_string: str | None = None
+    sas_margin_s: float = Field(default=DEFAULT_SAS_MARGIN_S, gt=0)
+    lost_after_s: float = Field(default=180.0, gt=0)
+    resend_after_s: float = Field(default=5.0, gt=0)
+    monitor_interval_s: float = Field(default=1.0, gt=0)
+
+
+class Site:
+    def __init__(self, settings: SiteSettings, *, run_migrations: bool = True) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        if run_migrations:
+            migrate(self.engine)
+        self.sessions = make_sessionmaker(self.engine)
+        self.storage = Storage.from_connection_string(settings.storage_connection_string,
+                                                      sas_margin_s=settings.sas_margin_s)
+        self.queues = SiteQueues(settings.servicebus_connection_string)
+        self.producer = Producer(self.sessions, self.storage, self.queues)
+        self.watcher: Watcher | None = None
+        self.monitor: Monitor | None = None
+        self._stop = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+
+    def start_background(self, depth_probe: DepthProbe | None = None, pool_sync_s: float = 1.0) -> None:
+        """Start the watcher (one receiver per pool, new pools picked up within ``pool_sync_s``)
+        and the monitor."""
+        self.watcher = Watcher(self.sessions, self.queues)
+        self.monitor = Monitor(self.sessions, self.producer, self.queues, lost_after_s=self.settings.lost_after_s,
+                               resend_after_s=self.settings.resend_after_s,
+                               interval_s=self.settings.monitor_interval_s, depth_probe=depth_probe)
+        self.watcher.sync_pools()
+        self.monitor.start()
+
+        def sync() -> None:
+            while not self._stop.wait(pool_sync_s):
+                try:
+                    self.watcher.sync_pools()  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001, S112 - retried on the next round
+                    continue
+
+        self._sync_thread = threading.Thread(target=sync, name="pool-sync", daemon=True)
+        self._sync_thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.monitor:
+            self.monitor.stop()
+        if self.watcher:
+            self.watcher.stop()
+        if self._sync_thread:
+            self._sync_thread.join(5)
+        self.queues.close()
+        self.storage.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> Site:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    from worker.site.db import sqlite_url
+
+    return sqlite_url(data_dir / "site.db")
