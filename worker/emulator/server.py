@@ -1,0 +1,566 @@
+"""The AMQP 1.0 side: proton's protocol engine driven by asyncio sockets.
+
+proton's engine (Connection/Transport/Collector) does framing, SASL and link bookkeeping; this module
+does the I/O and maps links to roles:
+
+* ``$cbs`` sender/receiver pair   -> put-token (claims-based security, see :mod:`auth`)
+* ``<queue>`` (client sender)     -> :class:`Producer`: messages and SDK batches into the queue
+* ``<queue>`` or ``<queue>/$deadletterqueue`` (client receiver) -> :class:`ConsumerLink`
+* ``<queue>/$management`` pair    -> :mod:`management` request/response operations
+
+A misbehaving client (garbage bytes, protocol errors) only loses its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from proton import Collector, Condition, Connection, Delivery, Event, Link, Message, Transport, symbol
+
+from worker.emulator import codec
+from worker.emulator.auth import AuthError, Authority, Grant, entity_path
+from worker.emulator.broker import Broker, BrokerError, Entity
+from worker.emulator.broker import Message as StoredMessage
+from worker.emulator.config import Right
+
+log = logging.getLogger(__name__)
+
+PRODUCER_CREDIT = 500
+CBS = "$cbs"
+MANAGEMENT = "$management"
+
+
+class OutLink:
+    """A broker->client link carrying replies ($cbs, $management); queues replies until credit."""
+
+    def __init__(self, conn: AmqpConnection, link: Link) -> None:
+        self.conn = conn
+        self.link = link
+        self.pending: deque[bytes] = deque()
+        self._tag = 0
+
+    def send(self, payload: bytes) -> None:
+        self.pending.append(payload)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending and self.link.credit > 0 and self.link.state & Link.LOCAL_ACTIVE:
+            self._tag += 1
+            dlv = self.link.delivery(str(self._tag).encode())
+            self.link.send(self.pending.popleft())
+            dlv.settle()
+            self.link.advance()
+        self.conn.touch()
+
+
+class ConsumerLink:
+    """A client's receiver on a queue or dead-letter queue (the broker's sending side)."""
+
+    def __init__(self, conn: AmqpConnection, link: Link, entity: Entity) -> None:
+        self.conn = conn
+        self.link = link
+        self.entity = entity
+        self.presettled = link.remote_snd_settle_mode == Link.SND_SETTLED  # RECEIVE_AND_DELETE
+        self._tag = 0
+
+    def credit(self) -> int:
+        if not self.link.state & Link.LOCAL_ACTIVE:
+            return 0
+        return self.link.credit
+
+    def offer(self, msg: StoredMessage) -> None:
+        broker = self.conn.server.broker
+        if self.presettled:
+            payload = msg.encode(None)
+            broker.take_unlocked(msg)
+            self._tag += 1
+            dlv = self.link.delivery(self._tag.to_bytes(8, "little"))
+            self.link.send(payload)
+            dlv.settle()
+        else:
+            lock = broker.lock(msg, holder=self)
+            dlv = self.link.delivery(lock.token.bytes_le)  # the SDK reads the lock token from the tag
+            dlv.lock_token = lock.token
+            self.link.send(msg.encode(lock))
+        self.link.advance()
+        self.conn.touch()
+
+    def after_pump(self) -> None:
+        if self.link.drain_mode and self.link.credit > 0:
+            self.link.drained()
+            self.conn.touch()
+
+    def detach(self) -> None:
+        if self in self.entity.consumers:
+            self.entity.consumers.remove(self)
+        self.conn.server.broker.drop_holder(self)
+
+    def on_disposition(self, dlv: Delivery) -> None:
+        token: uuid.UUID | None = dlv.lock_token if _has_attr(dlv, "lock_token") else None
+        if token is None:  # pre-settled delivery, nothing to do
+            dlv.settle()
+            return
+        broker = self.conn.server.broker
+        state = dlv.remote_state
+        echo_state = state
+        try:
+            if state == Delivery.ACCEPTED:
+                broker.complete(token)
+            elif state == Delivery.REJECTED:
+                reason, description = _dead_letter_info(dlv.remote.condition)
+                broker.dead_letter(token, reason, description)
+            elif state == Delivery.MODIFIED:
+                if dlv.remote.undeliverable:
+                    broker.defer(token)
+                else:
+                    broker.abandon(token, count_delivery=bool(dlv.remote.failed))
+            elif state == Delivery.RELEASED:
+                broker.release(token)
+            else:
+                return  # not a terminal outcome yet
+        except BrokerError as err:
+            def refuse(err: BrokerError = err) -> None:
+                if not dlv.settled:
+                    dlv.local.condition = Condition(err.condition, err.description)
+                    dlv.update(Delivery.REJECTED)
+                    dlv.settle()
+                    self.conn.touch()
+            broker.after_commit(refuse)
+            return
+
+        def echo() -> None:
+            # The SDK (7.15+) waits for the settled outcome it asked for; rejected must carry no error.
+            if dlv.settled:
+                return
+            if echo_state == Delivery.MODIFIED:
+                dlv.local.failed = bool(dlv.remote.failed)
+                dlv.local.undeliverable = bool(dlv.remote.undeliverable)
+            dlv.update(echo_state)
+            dlv.settle()
+            self.conn.touch()
+
+        broker.after_commit(echo)
+
+
+def _dead_letter_info(cond: Condition | None) -> tuple[str | None, str | None]:
+    if cond is None:
+        return None, None
+    info = cond.info if isinstance(cond.info, dict) else {}
+    info = {str(k): v for k, v in info.items()}
+    reason = info.get("DeadLetterReason")
+    description = info.get("DeadLetterErrorDescription", cond.description)
+    return (None if reason is None else str(reason)), (None if description is None else str(description))
+
+
+class Producer:
+    """A client's sender to a queue: stores each message, acknowledges it once committed."""
+
+    def __init__(self, conn: AmqpConnection, link: Link, entity: Entity) -> None:
+        self.conn = conn
+        self.link = link
+        self.queue = entity.queue
+
+    def on_message(self, dlv: Delivery, raw: bytes) -> None:
+        broker = self.conn.server.broker
+        try:
+            self.conn.require(self.queue.name, Right.SEND)
+            limit = self.queue.config.max_message_size
+            if len(raw) > limit:
+                raise BrokerError("amqp:link:message-size-exceeded",
+                                  f"The message ({len(raw)} bytes) exceeds the queue's maximum message size "
+                                  f"({limit} bytes).")
+            parts = codec.split_batch(raw)
+            messages = [codec.parse_message(p) for p in parts] if parts else [codec.parse_message(raw)]
+            if self.queue.name.lower() not in broker.queues:
+                raise BrokerError("amqp:not-found", f"The messaging entity '{self.queue.name}' was deleted.")
+            for m in messages:
+                broker.enqueue(self.queue, m)
+        except codec.CodecError as exc:
+            self._settle(dlv, BrokerError("amqp:decode-error", f"Malformed message: {exc}"))
+            return
+        except BrokerError as err:
+            self._settle(dlv, err)
+            return
+        broker.after_commit(lambda: self._settle(dlv, None))
+
+    def _settle(self, dlv: Delivery, err: BrokerError | None) -> None:
+        if not dlv.settled:
+            if err is None:
+                dlv.update(Delivery.ACCEPTED)
+            else:
+                dlv.local.condition = Condition(err.condition, err.description)
+                dlv.update(Delivery.REJECTED)
+            dlv.settle()
+        if self.link.state & Link.LOCAL_ACTIVE and self.link.credit < PRODUCER_CREDIT // 2:
+            self.link.flow(PRODUCER_CREDIT - self.link.credit)
+        self.conn.touch()
+
+
+class RequestLink:
+    """A client's sender to $cbs or <queue>/$management: requests answered on the paired reply link."""
+
+    def __init__(self, conn: AmqpConnection, link: Link, kind: str, entity: str | None) -> None:
+        self.conn = conn
+        self.link = link
+        self.kind = kind
+        self.entity = entity
+
+    def on_message(self, dlv: Delivery, raw: bytes) -> None:
+        request = Message()
+        try:
+            request.decode(raw)
+        except Exception as exc:
+            dlv.local.condition = Condition("amqp:decode-error", f"Malformed request: {exc}")
+            dlv.update(Delivery.REJECTED)
+            dlv.settle()
+            return
+        dlv.update(Delivery.ACCEPTED)
+        dlv.settle()
+        if self.kind == CBS:
+            reply = self.conn.put_token(request)
+            self.conn.reply(CBS, None, reply)
+        else:
+            from worker.emulator.management import handle
+
+            def respond(reply: Message) -> None:
+                self.conn.reply(MANAGEMENT, request.reply_to, reply)
+
+            handle(self.conn, self.entity or "", request, respond)
+        if self.link.credit < PRODUCER_CREDIT // 2:
+            self.link.flow(PRODUCER_CREDIT - self.link.credit)
+
+
+class AmqpConnection(asyncio.Protocol):
+    def __init__(self, server: AmqpServer) -> None:
+        self.server = server
+        self.grants: list[Grant] = []
+        self.sock: asyncio.Transport | None = None
+        self.closed = False
+        self._tick: asyncio.TimerHandle | None = None
+        self.connection = Connection()
+        self.transport = Transport(Transport.SERVER)
+        self.transport.idle_timeout = 0
+        sasl = self.transport.sasl()
+        sasl.allowed_mechs("ANONYMOUS PLAIN")
+        sasl.allow_insecure_mechs = True
+        self.collector = Collector()
+        self.connection.collect(self.collector)
+        self.transport.bind(self.connection)
+        self.reply_links: dict[str, list[tuple[Link, OutLink]]] = {CBS: [], MANAGEMENT: []}
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sock = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            while data:
+                capacity = self.transport.capacity()
+                if capacity <= 0:
+                    break
+                chunk, data = data[:capacity], data[capacity:]
+                self.transport.push(chunk)
+                self._process()
+        except Exception as exc:  # protocol garbage: this connection only
+            log.info("closing connection after error: %s", exc)
+            self.transport.close_tail()
+        self.touch()
+        self.server.broker.wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._tick:
+            self._tick.cancel()
+        try:
+            self.transport.close_tail()
+            self.transport.close_head()
+            self._process()
+        except Exception:
+            pass
+        self._drop_all_links()
+        self.transport.unbind()
+
+    # -- engine ----------------------------------------------------------------------------------
+    def touch(self) -> None:
+        self.server.dirty.add(self)
+        self.server.broker.wake()
+
+    def write_out(self) -> None:
+        if self.closed or self.sock is None:
+            return
+        try:
+            self._process()
+            while True:
+                pending = self.transport.pending()
+                if pending < 0:
+                    self.sock.close()  # transport finished (closed or errored)
+                    self.closed = True
+                    return
+                if pending == 0:
+                    break
+                out = self.transport.peek(pending)
+                self.transport.pop(len(out))
+                self.sock.write(out)
+            deadline = self.transport.tick(time.monotonic())
+            if deadline and not self._tick:
+                loop = asyncio.get_running_loop()
+                self._tick = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_tick)
+        except Exception:
+            log.exception("connection output failed")
+            self.sock.close()
+            self.closed = True
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        self.touch()
+
+    def _process(self) -> None:
+        while True:
+            event = self.collector.peek()
+            if event is None:
+                break
+            try:
+                self._dispatch(event)
+            except Exception:
+                log.exception("error handling %s", event.type)
+                cond = Condition("amqp:internal-error", "emulator failed handling the request")
+                self.connection.condition = cond
+                self.connection.close()
+            self.collector.pop()
+
+    def _dispatch(self, event: Event) -> None:
+        t = event.type
+        if t == Event.CONNECTION_REMOTE_OPEN:
+            self.connection.container = "servicebus-emulator"
+            self.connection.open()
+        elif t == Event.SESSION_REMOTE_OPEN:
+            event.session.open()
+        elif t == Event.LINK_REMOTE_OPEN:
+            self._attach(event.link)
+        elif t == Event.LINK_FLOW:
+            self._flow(event.link)
+        elif t == Event.DELIVERY:
+            self._delivery(event.delivery)
+        elif t == Event.LINK_REMOTE_CLOSE or t == Event.LINK_REMOTE_DETACH:
+            self._detach(event.link)
+            if event.link.state & Link.LOCAL_ACTIVE:
+                event.link.close()
+        elif t == Event.SESSION_REMOTE_CLOSE:
+            if event.session.state & Link.LOCAL_ACTIVE:
+                event.session.close()
+        elif t == Event.CONNECTION_REMOTE_CLOSE:
+            if self.connection.state & Link.LOCAL_ACTIVE:
+                self.connection.close()
+        elif t == Event.TRANSPORT_ERROR:
+            cond = self.transport.condition
+            log.info("transport error: %s", cond.description if cond else "?")
+
+    # -- links -------------------------------------------------------------------------------
+    def _attach(self, link: Link) -> None:
+        if link.is_sender:
+            address = link.remote_source.address or ""
+        else:
+            address = link.remote_target.address or ""
+        path = entity_path(address)
+        try:
+            if path == CBS:
+                role: Any = self._open(link)
+                if link.is_sender:
+                    out = OutLink(self, link)
+                    self.reply_links[CBS].append((link, out))
+                    role = out
+                else:
+                    role = RequestLink(self, link, CBS, None)
+            elif path.endswith("/" + MANAGEMENT):
+                entity = path[: -len(MANAGEMENT) - 1]
+                self.server.broker.resolve(entity)
+                self.require_any(entity)
+                self._open(link)
+                if link.is_sender:
+                    out = OutLink(self, link)
+                    self.reply_links[MANAGEMENT].append((link, out))
+                    role = out
+                else:
+                    role = RequestLink(self, link, MANAGEMENT, entity)
+            else:
+                entity = self.server.broker.resolve(path)
+                if link.is_sender:
+                    self.require(entity.path, Right.LISTEN)
+                    self._open(link)
+                    role = ConsumerLink(self, link, entity)
+                    entity.consumers.append(role)
+                else:
+                    if entity.is_dlq:
+                        raise BrokerError("amqp:not-allowed", "Messages cannot be sent to a dead-letter queue.")
+                    self.require(entity.path, Right.SEND)
+                    link.max_message_size = entity.queue.config.max_message_size
+                    self._open(link)
+                    role = Producer(self, link, entity)
+        except BrokerError as err:
+            self._refuse(link, err)
+            return
+        link.role = role
+        if link.is_receiver:
+            link.flow(PRODUCER_CREDIT)
+
+    def _open(self, link: Link) -> None:
+        link.source.copy(link.remote_source)
+        link.target.copy(link.remote_target)
+        link.snd_settle_mode = link.remote_snd_settle_mode
+        link.rcv_settle_mode = link.remote_rcv_settle_mode
+        link.open()
+
+    def _refuse(self, link: Link, err: BrokerError) -> None:
+        # Attach with a null terminus, then detach with the error: the AMQP way to refuse a link.
+        link.open()
+        link.condition = Condition(err.condition, err.description)
+        link.close()
+        self.touch()
+
+    def _detach(self, link: Link) -> None:
+        role = getattr(link, "role", None) if _has_attr(link, "role") else None
+        if isinstance(role, ConsumerLink):
+            role.detach()
+        for kind in self.reply_links:
+            self.reply_links[kind] = [(l, o) for l, o in self.reply_links[kind] if l != link]
+
+    def _drop_all_links(self) -> None:
+        link = self.connection.link_head(0)
+        while link:
+            self._detach(link)
+            link = link.next(0)
+
+    def _flow(self, link: Link) -> None:
+        role = getattr(link, "role", None) if _has_attr(link, "role") else None
+        if isinstance(role, ConsumerLink):
+            self.server.broker.request_pump(role.entity)
+        elif isinstance(role, OutLink):
+            role.flush()
+
+    def _delivery(self, dlv: Delivery) -> None:
+        link = dlv.link
+        role = getattr(link, "role", None) if _has_attr(link, "role") else None
+        if link.is_receiver:
+            if not dlv.readable or dlv.partial:
+                return
+            raw = link.recv(dlv.pending) or b""
+            link.advance()
+            if role is None:
+                dlv.update(Delivery.REJECTED)
+                dlv.settle()
+                return
+            role.on_message(dlv, bytes(raw))
+        elif isinstance(role, ConsumerLink) and dlv.updated and dlv.remote_state:
+            role.on_disposition(dlv)
+        elif dlv.remote_settled and not dlv.settled:
+            dlv.settle()
+
+    # -- security ----------------------------------------------------------------------------------
+    def put_token(self, request: Message) -> Message:
+        props = request.properties or {}
+        audience = str(props.get("name", ""))
+        token = request.body
+        if isinstance(token, (bytes, memoryview)):
+            token = bytes(token).decode(errors="replace")
+        try:
+            if str(props.get("operation")) != "put-token":
+                raise AuthError(f"unsupported $cbs operation {props.get('operation')!r}")
+            grant = self.server.authority.verify(str(token), audience=audience)
+        except AuthError as exc:
+            return _status(request, 401, f"Unauthorized: {exc}", code_key="status-code",
+                           description_key="status-description")
+        self.grants.append(grant)
+        return _status(request, 202, "Accepted", code_key="status-code", description_key="status-description")
+
+    def require(self, entity: str, right: Right) -> None:
+        now = time.time()
+        entity = entity.lower()
+        if any(g.allows(entity, right, now) for g in self.grants):
+            return
+        raise BrokerError("amqp:unauthorized-access",
+                          f"Unauthorized access. '{right.value}' claim(s) are required to perform this "
+                          f"operation. Resource: '{entity}'.", 401)
+
+    def require_any(self, entity: str) -> None:
+        now = time.time()
+        entity = entity.lower()
+        if not any(g.allows(entity, r, now) for g in self.grants for r in (Right.LISTEN, Right.SEND)):
+            raise BrokerError("amqp:unauthorized-access",
+                              f"Unauthorized access: no valid token for '{entity}'.", 401)
+
+    def reply(self, kind: str, reply_to: str | None, message: Message) -> None:
+        links = self.reply_links[kind]
+        chosen = None
+        for link, out in links:
+            if reply_to is None or (link.remote_target.address or "") == reply_to:
+                chosen = out
+                break
+        if chosen is None and links:
+            chosen = links[-1][1]
+        if chosen is None:
+            log.info("no reply link for %s reply to %r; dropping", kind, reply_to)
+            return
+        chosen.send(message.encode())
+
+
+def _has_attr(wrapper: Any, name: str) -> bool:
+    try:
+        getattr(wrapper, name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _status(request: Message, code: int, description: str, body: Any = None, condition: str | None = None,
+            code_key: str = "statusCode", description_key: str = "statusDescription") -> Message:
+    props: dict[Any, Any] = {code_key: codec.amqp_int(code), description_key: description}
+    if condition:
+        props["errorCondition"] = symbol(condition)
+    reply = Message(body=body, properties=props)
+    reply.correlation_id = request.id
+    return reply
+
+
+class AmqpServer:
+    def __init__(self, broker: Broker, authority: Authority) -> None:
+        self.broker = broker
+        self.authority = authority
+        self.connections: set[AmqpConnection] = set()
+        self.dirty: set[AmqpConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        broker.on_turn_end = self.flush
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: AmqpConnection(self), host, port, reuse_address=True)
+        return self._server.sockets[0].getsockname()[1]
+
+    def flush(self) -> None:
+        while self.dirty:
+            conn = self.dirty.pop()
+            conn.write_out()
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+        for conn in list(self.connections):
+            try:
+                conn.connection.condition = Condition("amqp:connection:forced", "the emulator is shutting down")
+                conn.connection.close()
+                conn.write_out()
+                if conn.sock:
+                    conn.sock.close()
+            except Exception:
+                pass
