@@ -1,0 +1,91 @@
+"""Blob access through the task's SAS URLs only (the worker never holds an account key).
+
+Clients use short, bounded retries: an unreachable storage account must surface within seconds as
+an :class:`~worker.agent.errors.InfrastructureError`, not after the SDK's default minutes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import BinaryIO
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, ContentSettings, ExponentialRetry
+
+from worker.agent.errors import InfrastructureError
+from worker.storage import ControlSignal
+
+APPEND_BLOCK_MAX = 4 * 1024 * 1024  # the service's append-block limit
+_TEXT = ContentSettings(content_type="text/plain; charset=utf-8")
+
+
+# Waits of about 0.5, 2.5 and 4.5 s: a blip is ridden out, an outage is reported in ~10 s.
+RETRY: dict[str, float] = {"initial_backoff": 0.5, "increment_base": 2, "retry_total": 3, "random_jitter_range": 1}
+
+
+def client(url: str) -> BlobClient:
+    return BlobClient.from_blob_url(
+        url,
+        retry_policy=ExponentialRetry(**RETRY),  # type: ignore[arg-type]
+        connection_timeout=5,
+        read_timeout=60,
+    )
+
+
+def describe(url: str) -> str:
+    """A blob URL without its SAS (never log a signature)."""
+    return url.split("?", 1)[0]
+
+
+class AppendBlob:
+    """One stdout/stderr log blob."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client = client(url)
+
+    def create(self) -> None:
+        """A fresh, empty blob for this run (a redelivered attempt starts its log over)."""
+        try:
+            self._client.create_append_blob(content_settings=_TEXT)
+        except ResourceExistsError:  # pragma: no cover - only without overwrite semantics
+            pass
+        except AzureError as exc:
+            raise InfrastructureError(f"cannot create log blob {describe(self.url)}: {exc}") from exc
+
+    def append(self, data: bytes) -> None:
+        for start in range(0, len(data), APPEND_BLOCK_MAX):
+            try:
+                self._client.append_block(data[start:start + APPEND_BLOCK_MAX])
+            except AzureError as exc:
+                raise InfrastructureError(f"cannot append to {describe(self.url)}: {exc}") from exc
+
+
+def download(url: str, dest: BinaryIO) -> int:
+    try:
+        return client(url).download_blob(max_concurrency=2).readinto(dest)
+    except AzureError as exc:
+        raise InfrastructureError(f"cannot download {describe(url)}: {exc}") from exc
+
+
+def upload_file(url: str, path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            client(url).upload_blob(fh, overwrite=True, length=path.stat().st_size, max_concurrency=2)
+    except AzureError as exc:
+        raise InfrastructureError(f"cannot upload {describe(url)}: {exc}") from exc
+
+
+def read_control(url: str) -> ControlSignal | None:
+    """The site's control signal for this task, or None ("carry on"). Raises AzureError on failure."""
+    try:
+        body = client(url).download_blob().readall()
+    except ResourceNotFoundError:
+        return None
+    if not body.strip():
+        return None
+    try:
+        return ControlSignal.model_validate(json.loads(body))
+    except ValueError:  # unreadable: honour the site's evident intent to stop the task
+        return ControlSignal(reason="cancelled (unreadable control blob)")

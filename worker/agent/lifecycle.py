@@ -1,0 +1,218 @@
+"""One delivery of one task, from ``received`` to its final status.
+
+The run never touches the Service Bus receiver: it returns an :class:`Outcome` and the receive
+loop (which owns the receiver and renews the lock meanwhile) settles the message accordingly.
+
+=====================================  ==================================  ==================
+what happened                          statuses                            message
+=====================================  ==================================  ==================
+program exited 0                       ... running, uploading, finished    completed
+program exited non-zero / was killed   ... failed (exit code, kill reason)  completed (no retry)
+  for memory, output flood...
+wall-clock limit                       ... timed_out                       completed
+cancelled by the site                  ... cancelled                       completed
+unusable bundle, program won't start   ... failed (reason)                 completed
+storage / Service Bus failure          (no final status)                   abandoned -> retried
+agent shutting down past its grace     (no final status)                   abandoned -> retried
+=====================================  ==================================  ==================
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.agent import blobs
+from worker.agent.cache import InputCache
+from worker.agent.cancel import CancelWatcher, cancel_requested
+from worker.agent.errors import InfrastructureError, TaskRejected
+from worker.agent.heartbeat import Heartbeat
+from worker.agent.limits import effective_limits
+from worker.agent.logs import FLOOD_FACTOR, LogStreamer
+from worker.agent.outputs import OutputTooLarge, pack
+from worker.agent.reporter import TaskReporter
+from worker.agent.workspace import Workspace
+from worker.config import AgentConfig
+from worker.execution.base import ExecutionDriver, ExecutionResult, ExecutionSpec
+from worker.execution.supervisor import Supervisor
+from worker.protocol import KillReason, Task, TaskState
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    COMPLETE = "complete"  # a final status was sent: settle for good
+    ABANDON = "abandon"  # hand back: Service Bus redelivers (and dead-letters after max deliveries)
+
+
+@dataclass
+class RunResult:
+    outcome: Outcome
+    state: TaskState | None = None
+    reason: str | None = None
+
+
+_FINAL_STATE = {
+    KillReason.TIME: TaskState.TIMED_OUT,
+    KillReason.CANCELLED: TaskState.CANCELLED,
+}
+
+
+class TaskRun:
+    def __init__(self, task: Task, reporter: TaskReporter, config: AgentConfig, driver: ExecutionDriver,
+                 cache: InputCache) -> None:
+        self.task = task
+        self.reporter = reporter
+        self.config = config
+        self.driver = driver
+        self.cache = cache
+        self.workspace = Workspace(config.work_dir, task)
+        self._supervisor: Supervisor | None = None
+        self._stop_reason: KillReason | None = None
+        self._lock = threading.Lock()
+        self._infra_error: InfrastructureError | None = None
+        self.result: RunResult | None = None
+
+    # -- called from other threads -------------------------------------------------------------
+    def stop(self, reason: KillReason) -> None:
+        """Stop the program (shutdown past grace, lock lost, cancellation). Idempotent."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.kill(reason)
+
+    def _storage_failed(self, error: InfrastructureError) -> None:
+        self._infra_error = error
+        self.stop(KillReason.SHUTDOWN)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        try:
+            self.result = self._run()
+        except InfrastructureError as exc:
+            log.warning("task %s: infrastructure error, handing it back: %s", self.task.task_id, exc)
+            self.result = RunResult(Outcome.ABANDON, reason=str(exc))
+        except Exception as exc:  # a bug must not lose the task: hand it back
+            log.exception("task %s: unexpected error, handing it back", self.task.task_id)
+            self.result = RunResult(Outcome.ABANDON, reason=f"agent error: {exc!r}")
+        finally:
+            try:
+                self.workspace.remove()
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", self.workspace.root, exc)
+        return self.result
+
+    def _final(self, state: TaskState, **fields: object) -> RunResult:
+        self.reporter.send(state, **fields)
+        return RunResult(Outcome.COMPLETE, state=state, reason=fields.get("reason"))  # type: ignore[arg-type]
+
+    def _run(self) -> RunResult:
+        task, limits_cfg = self.task, self.config.execution.limits
+        self.reporter.send(TaskState.RECEIVED)
+        signal = cancel_requested(task.control_url)
+        if signal is not None:
+            return self._final(TaskState.CANCELLED, kill_reason=KillReason.CANCELLED, reason=signal.reason)
+
+        self.reporter.send(TaskState.PREPARING)
+        streamer = LogStreamer(blobs.AppendBlob(task.stdout_url), blobs.AppendBlob(task.stderr_url),
+                               cap_bytes=limits_cfg.log_bytes, interval_s=self.config.log_flush_interval_s,
+                               on_failure=self._storage_failed)
+        streamer.create()
+        self.workspace.create()
+        limits = effective_limits(task, self.config)
+        try:
+            self.workspace.prepare(task, self.cache, limits.scratch_bytes or limits_cfg.scratch_bytes or 2**62)
+            spec = ExecutionSpec(
+                task_id=task.task_id,
+                argv=list(task.command),
+                scratch_dir=self.workspace.scratch,
+                output_dir=self.workspace.output,
+                mounts=self.workspace.mounts(),
+                env={**task.env, "POOL_ATTEMPT": str(task.attempt)},
+                limits=limits,
+                network=task.resources.network and self.config.execution.network,
+                gpus=task.resources.gpus if self.config.execution.gpus else 0,
+                image=self.config.execution.image,
+            )
+            if self._stop_reason is not None:  # shutdown or lock lost while preparing
+                return RunResult(Outcome.ABANDON, reason=f"stopped before running ({self._stop_reason.value})")
+            try:
+                execution = self.driver.start(spec)
+            except (OSError, ValueError) as exc:
+                raise TaskRejected(f"cannot start the program: {exc}") from None
+        except TaskRejected as exc:
+            streamer.write("stderr", f"[pool-agent] {exc}\n".encode())
+            streamer.close()
+            return self._final(TaskState.FAILED, reason=str(exc))
+
+        supervisor = Supervisor(execution, wall_time_s=limits.wall_time_s, on_output=streamer.write,
+                                max_output_bytes=FLOOD_FACTOR * limits_cfg.log_bytes)
+        with self._lock:
+            self._supervisor = supervisor
+            pending_stop = self._stop_reason
+        if pending_stop is not None:
+            supervisor.kill(pending_stop)
+        streamer.start()
+        try:
+            self.reporter.send(TaskState.RUNNING)
+        except InfrastructureError:
+            supervisor.kill(KillReason.SHUTDOWN)
+            supervisor.run()
+            raise
+        watcher = CancelWatcher(task.control_url, self.config.cancel_poll_interval_s,
+                                lambda sig: supervisor.kill(KillReason.CANCELLED))
+        with Heartbeat(self.reporter, self.config.heartbeat_interval_s), watcher:
+            result = supervisor.run()
+        streamer.close()  # raises InfrastructureError if the logs cannot be written
+        if self._infra_error is not None:
+            raise self._infra_error
+        log.info("task %s: program ended: exit=%s signal=%s kill=%s in %.1fs", task.task_id, result.exit_code,
+                 result.signal, result.kill_reason, result.duration_s)
+        if result.kill_reason is KillReason.SHUTDOWN:
+            return RunResult(Outcome.ABANDON, reason="agent stopped the task (shutdown or lock lost)")
+        return self._finish(result, watcher)
+
+    def _finish(self, result: ExecutionResult, watcher: CancelWatcher) -> RunResult:
+        fields: dict[str, object] = {"exit_code": result.exit_code, "kill_reason": result.kill_reason}
+        if result.kill_reason is KillReason.CANCELLED:
+            reason = watcher.signal.reason if watcher.signal else "cancelled"
+            return self._final(TaskState.CANCELLED, reason=reason, **fields)
+        output_bytes = None
+        if self.task.output_url:
+            self.reporter.send(TaskState.UPLOADING)
+            try:
+                output_bytes = self._upload()
+            except OutputTooLarge as exc:
+                return self._final(TaskState.FAILED, reason=str(exc), **fields)
+        fields["output_bytes"] = output_bytes
+        if result.kill_reason is not None:
+            state = _FINAL_STATE.get(result.kill_reason, TaskState.FAILED)
+            return self._final(state, reason=kill_message(result, self.task), **fields)
+        if result.exit_code == 0:
+            return self._final(TaskState.FINISHED, **fields)
+        reason = (f"the program exited with code {result.exit_code}" if result.exit_code is not None
+                  else f"the program was killed by signal {result.signal}")
+        return self._final(TaskState.FAILED, reason=reason, **fields)
+
+    def _upload(self) -> int:
+        assert self.task.output_url
+        with tempfile.TemporaryDirectory(dir=self.workspace.root, prefix=".upload-") as tmp:
+            archive = Path(tmp) / "output.tar.gz"
+            size = pack(self.workspace.output, archive, self.config.execution.limits.output_bytes)
+            blobs.upload_file(self.task.output_url, archive)
+            return size
+
+
+def kill_message(result: ExecutionResult, task: Task) -> str:
+    reason = result.kill_reason
+    if reason is KillReason.TIME:
+        return f"time limit exceeded ({result.duration_s:.1f} s)"
+    if reason is KillReason.OUTPUT:
+        return f"the program kept writing output far past the log limit (killed after {FLOOD_FACTOR}x the cap)"
+    return result.detail or f"killed: {reason.value if reason else 'unknown'}"

@@ -1,0 +1,171 @@
+"""The receive loop: one task at a time, the receiver owned by this thread alone.
+
+For each message: decode (invalid -> dead-letter with the readable reason), run the task in a
+thread while this thread keeps the lock alive and watches for shutdown, then settle according to
+the run's outcome. Lost connections are reopened with exponential backoff (tenacity).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiver
+from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
+from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential_jitter
+
+from worker.agent.cache import InputCache
+from worker.agent.hostfacts import host_facts
+from worker.agent.lifecycle import Outcome, TaskRun
+from worker.agent.lock import LockKeeper
+from worker.agent.reporter import StatusSender, TaskReporter
+from worker.config import AgentConfig
+from worker.execution import get_driver
+from worker.execution.base import ExecutionDriver
+from worker.protocol import KillReason, ProtocolError, decode_task
+from worker.servicebus import response_client, task_client, task_receiver
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (ServiceBusError, OSError)
+HEALTHY_SESSION_S = 30.0  # a connection that lasted this long resets the reconnect backoff
+MAX_DEAD_LETTER_DESCRIPTION = 1000
+
+
+def message_body(message: ServiceBusReceivedMessage) -> bytes:
+    body = message.body
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    try:
+        return b"".join(bytes(part) for part in body)
+    except TypeError:
+        raise ProtocolError("MalformedMessage", "the message body is not binary JSON data") from None
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, stop_event: threading.Event | None = None,
+                 driver: ExecutionDriver | None = None) -> None:
+        self.config = config
+        self.stop_event = stop_event or threading.Event()
+        self.worker_id = config.resolved_worker_id()
+        self.driver = driver or get_driver(config.execution.driver)
+        self.driver.check_available()
+        self.host = host_facts(self.driver, config.execution.gpus)
+        self.cache = InputCache(config.resolved_cache_dir(), config.cache.max_bytes)
+        self.tasks_handled = 0
+        self.reconnects = 0
+
+    # -- outer loop: connections ---------------------------------------------------------------
+    def run(self) -> int:
+        settings = self.config.servicebus
+        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        log.info("agent %s: queue %s, responses %s, driver %s", self.worker_id, settings.task_queue,
+                 settings.response_queue, self.driver.name)
+        response = response_client(settings)
+        sender = StatusSender(response)
+        try:
+            while not self.stop_event.is_set():
+                retrying = Retrying(
+                    retry=retry_if_exception_type(TRANSIENT),
+                    wait=wait_exponential_jitter(initial=0.5, max=30, jitter=0.5),
+                    stop=stop_when_event_set(self.stop_event),
+                    sleep=self.stop_event.wait,
+                    before_sleep=self._log_retry,
+                    reraise=False,
+                )
+                try:
+                    for attempt in retrying:
+                        with attempt:
+                            self._session(sender)
+                except Exception as exc:  # noqa: BLE001 - tenacity gave up because we are stopping
+                    log.debug("receive loop ended: %r", exc)
+        finally:
+            sender.close()
+            response.close()
+        log.info("agent %s stopped after %d task(s)", self.worker_id, self.tasks_handled)
+        return 0
+
+    def _log_retry(self, state) -> None:  # tenacity RetryCallState
+        self.reconnects += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("Service Bus connection failed (%s); reconnecting in %.1fs", exc,
+                    state.next_action.sleep if state.next_action else 0)
+
+    def _session(self, sender: StatusSender) -> None:
+        """Receive until stopped; returns normally after a long healthy session broke (fresh backoff)."""
+        settings = self.config.servicebus
+        started = time.monotonic()
+        client = task_client(settings)
+        try:
+            with task_receiver(client, settings.task_queue) as receiver:
+                log.info("agent %s ready, waiting for tasks", self.worker_id)
+                while not self.stop_event.is_set():
+                    for message in receiver.receive_messages(max_message_count=1,
+                                                             max_wait_time=self.config.receive_wait_s):
+                        self._handle(receiver, message, sender)
+        except TRANSIENT:
+            if time.monotonic() - started > HEALTHY_SESSION_S and not self.stop_event.is_set():
+                log.warning("Service Bus connection lost; reconnecting", exc_info=True)
+                self.reconnects += 1
+                return
+            raise
+        finally:
+            try:
+                client.close()
+            except Exception as exc:  # noqa: BLE001 - closing a broken client is best effort
+                log.debug("closing a broken client: %r", exc)
+
+    # -- one message ------------------------------------------------------------------------------
+    def _handle(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage, sender: StatusSender) -> None:
+        if self.stop_event.is_set():  # arrived while we were stopping: let another worker have it
+            receiver.abandon_message(message)
+            return
+        try:
+            task = decode_task(message_body(message))
+        except ProtocolError as exc:
+            log.warning("dead-lettering message %s: %s: %s", message.message_id, exc.reason, exc.description)
+            receiver.dead_letter_message(message, reason=exc.reason,
+                                         error_description=exc.description[:MAX_DEAD_LETTER_DESCRIPTION])
+            return
+        log.info("task %s attempt %d received (delivery %s)", task.task_id, task.attempt, message.delivery_count)
+        reporter = TaskReporter(sender, task, self.worker_id, self.host, message.delivery_count)
+        run = TaskRun(task, reporter, self.config, self.driver, self.cache)
+        thread = threading.Thread(target=run.run, name=f"task-{task.task_id}", daemon=True)
+        thread.start()
+        lost = self._watch(run, thread, LockKeeper(receiver, message))
+        result = run.result
+        self.tasks_handled += 1
+        if lost or result is None:
+            log.warning("task %s: lock lost; not settling (Service Bus redelivers it)", task.task_id)
+            return
+        try:
+            if result.outcome is Outcome.COMPLETE:
+                receiver.complete_message(message)
+                log.info("task %s: %s", task.task_id, result.state.value if result.state else "done")
+            else:
+                receiver.abandon_message(message)
+                log.info("task %s: handed back (%s)", task.task_id, result.reason)
+        except MessageLockLostError as exc:
+            log.warning("task %s: lock lost while settling: %s", task.task_id, exc)
+
+    def _watch(self, run: TaskRun, thread: threading.Thread, keeper: LockKeeper) -> bool:
+        """Renew the lock until the task thread ends; apply the shutdown grace. True if the lock was lost."""
+        renew_at = time.monotonic() + keeper.next_wait()
+        grace_deadline: float | None = None
+        while thread.is_alive():
+            now = time.monotonic()
+            if grace_deadline is None and self.stop_event.is_set():
+                grace_deadline = now + self.config.shutdown_grace_s
+                log.info("stopping: the current task has %.0f s to finish", self.config.shutdown_grace_s)
+            if grace_deadline is not None and now >= grace_deadline:
+                run.stop(KillReason.SHUTDOWN)
+                grace_deadline = float("inf")
+            if now >= renew_at:
+                keeper.renew(on_lost=lambda why: run.stop(KillReason.SHUTDOWN))
+                renew_at = time.monotonic() + keeper.next_wait()
+            wake = min(renew_at, grace_deadline if grace_deadline is not None else now + 0.5)
+            thread.join(max(0.01, wake - time.monotonic()))
+        return keeper.lost
