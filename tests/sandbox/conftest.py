@@ -61,7 +61,8 @@ class TaskDirs:
 @pytest.fixture
 def work_root() -> Iterator[Path]:
     """A work directory like the agent's: traversable (0711) so the sandbox uid can reach bind sources."""
-    root = Path(tempfile.mkdtemp(prefix="pool-sandbox-test-"))
+    # Not under /tmp: the sandbox has its own /tmp, which would blur "where did that write go".
+    root = Path(tempfile.mkdtemp(prefix="pool-sandbox-test-", dir="/var/tmp"))
     os.chmod(root, 0o711)
     yield root
     shutil.rmtree(root, ignore_errors=True)

@@ -291,6 +291,9 @@ class BwrapExecution(Execution):
             else:
                 b += ["--bind-fd", str(self._path_fd(spec.scratch_dir)), scratch]
             b += ["--bind-fd", str(self._path_fd(spec.output_dir)), output]
+        # The tmpfs root and /dev that bwrap built: read-only from here on (writes there would go
+        # to RAM outside every cap); /tmp, /dev/shm, scratch and output are separate mounts.
+        b += ["--remount-ro", "/", "--remount-ro", "/dev"]
         env = {"PATH": DEFAULT_PATH, "HOME": scratch, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                "USER": "sandbox", "LOGNAME": "sandbox", **spec.env}
         for key, value in env.items():
@@ -319,7 +322,7 @@ class BwrapExecution(Execution):
                 return KillReason.MEMORY, f"memory limit {_mib(lim.memory_bytes)} exceeded (oom_kill={n})"
             if (n := cg.pids_refused()) > 0:
                 return KillReason.PROCESSES, f"process limit {lim.max_processes} reached ({n} forks refused)"
-            if lim.cpu_time_s is not None and (cpu := cg.cpu_seconds()) is not None and cpu > lim.cpu_time_s:
+            if lim.cpu_time_s is not None and (cpu := cg.cpu_seconds()) is not None and cpu >= lim.cpu_time_s:
                 return KillReason.TIME, f"cpu time limit {lim.cpu_time_s:g}s exceeded ({cpu:.1f}s used)"
         if self.disk is not None and self.disk.is_full():
             return KillReason.DISK, f"scratch+output disk limit {_mib(lim.scratch_bytes)} reached"

@@ -32,7 +32,10 @@ def rlimits(limits: Limits, *, memory_in_cgroup: bool, processes_in_cgroup: bool
 def prlimit_argv(values: dict[str, int]) -> list[str]:
     if not values:
         return []
-    return [PRLIMIT, *(f"--{name}={value}:{value}" for name, value in sorted(values.items())), "--"]
+    # CPU: hard one second above soft, so the program first gets SIGXCPU (a nameable reason)
+    # rather than an anonymous SIGKILL.
+    hard = {name: value + (1 if name == "cpu" else 0) for name, value in values.items()}
+    return [PRLIMIT, *(f"--{name}={value}:{hard[name]}" for name, value in sorted(values.items())), "--"]
 
 
 def describe_rlimits() -> dict[str, str]:

@@ -15,8 +15,10 @@ import subprocess
 from pathlib import Path
 
 MKFS = "/usr/sbin/mkfs.ext4"
-# Below this much free space the filesystem counts as full (ext4 keeps a few blocks it never gives out).
-FULL_BELOW_BYTES = 64 * 1024
+# Below this much free space the filesystem counts as full: ext4 refuses writes (ENOSPC) while some
+# free blocks remain, reserved for delayed-allocation metadata (~600 KiB measured on a 32 MiB disk).
+FULL_BELOW_MIN_BYTES = 1024 * 1024
+FULL_BELOW_FRACTION = 1 / 256
 
 
 def unavailable_reason() -> str | None:
@@ -65,7 +67,8 @@ class ScratchDisk:
         return st.f_bavail * st.f_frsize
 
     def is_full(self) -> bool:
-        return self.mounted and self.free_bytes() < FULL_BELOW_BYTES
+        threshold = max(FULL_BELOW_MIN_BYTES, int(self.size_bytes * FULL_BELOW_FRACTION))
+        return self.mounted and self.free_bytes() < threshold
 
     def destroy(self) -> None:
         if self.mounted:
