@@ -51,8 +51,7 @@ class TaskDirs:
         base.update(limits)  # type: ignore[arg-type]
         network = bool(base.pop("network", False))
         env = base.pop("env", {})  # type: ignore[assignment]
-        mounts = [Mount(self.program, "/task/program")]
-        mounts += [Mount(p, f"/task/inputs/{p.name}") for p in sorted(self.inputs.iterdir())]
+        mounts = [Mount(self.program, "/task/program"), Mount(self.inputs, "/task/inputs")]  # as the agent does
         return ExecutionSpec(task_id=self.task_id, argv=argv, scratch_dir=self.scratch,
                              output_dir=self.output, mounts=mounts, limits=Limits(**base),  # type: ignore[arg-type]
                              network=network, env=env)  # type: ignore[arg-type]

@@ -47,7 +47,7 @@ def healthy(driver, make_task):
         task = make_task(name=f"normal-{uuid.uuid4().hex[:6]}")
         (task.program / "main.py").write_text(
             "import os, sys\nopen(os.path.join(sys.argv[1], 'answer.txt'), 'w').write(str(6 * 7))\nprint('ok')\n")
-        ran = run_spec(driver, task.spec([PY, "/task/program/main.py", str(task.output)]))
+        ran = run_spec(driver, task.spec([PY, "/task/program/main.py", "../output"]))
         assert ran.result.succeeded, (ran.result, ran.err)
         assert ran.out == "ok\n"
         assert (task.output / "answer.txt").read_text() == "42"
@@ -105,7 +105,7 @@ def test_scratch_disk_fill(driver, make_task, healthy):
 
 def test_output_dir_fill_shares_the_cap(driver, make_task, healthy):
     task = make_task()
-    ran = run_spec(driver, task.spec(["/bin/sh", "-c", f"dd if=/dev/zero of={task.output}/fill bs=1M count=1024"],
+    ran = run_spec(driver, task.spec(["/bin/sh", "-c", "dd if=/dev/zero of=../output/fill bs=1M count=1024"],
                                      scratch_bytes=32 * 1024**2))
     assert ran.result.kill_reason is KillReason.DISK, ran.result
     assert (task.output / "fill").stat().st_size <= 32 * 1024**2
@@ -274,17 +274,17 @@ def test_other_tasks_and_input_cache_are_invisible(driver, make_task, work_root,
     task = make_task()
     probe = f"""
 import os
-print("listing", sorted(os.listdir({str(work_root)!r})))
-for path in [{str(other.scratch / "their-secret.txt")!r}, {str(cache / "bundle.tar")!r}]:
+print("task", sorted(os.listdir("/task")))
+for path in [{str(work_root)!r}, {str(other.scratch / "their-secret.txt")!r}, {str(cache / "bundle.tar")!r}]:
     try:
-        print(path, "READ", open(path).read())
+        print(path, "READ", open(path).read() if os.path.isfile(path) else os.listdir(path))
     except OSError as e:
         print(path, "hidden", e.errno)
 """
     ran = run_spec(driver, task.spec([PY, "-c", probe]))
     lines = ran.out.splitlines()
-    assert lines[0] == f"listing {[task.task_id]!r}"  # only its own task directory exists in its view
-    assert [line.rsplit(" ", 2)[-2:] for line in lines[1:]] == [["hidden", "2"], ["hidden", "2"]]
+    assert lines[0] == "task ['inputs', 'output', 'program', 'scratch']"  # only its own directories
+    assert [line.rsplit(" ", 2)[-2:] for line in lines[1:]] == [["hidden", "2"]] * 3
     healthy()
 
 

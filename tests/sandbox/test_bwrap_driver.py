@@ -24,9 +24,9 @@ def driver() -> BwrapDriver:
 
 def test_runs_a_program_in_scratch_and_collects_output(driver, make_task):
     task = make_task('echo "args: $*"; pwd; echo result > "$1/result.txt"; echo oops >&2; exit 3\n')
-    ran = run_spec(driver, task.spec(["/bin/sh", "/task/program/main.sh", str(task.output)]))
+    ran = run_spec(driver, task.spec(["/bin/sh", "/task/program/main.sh", "/task/output"]))
     assert ran.result.exit_code == 3 and ran.result.kill_reason is None
-    assert ran.out.splitlines() == [f"args: {task.output}", str(task.scratch)]
+    assert ran.out.splitlines() == ["args: /task/output", "/task/scratch"]
     assert ran.err == "oops\n"
     assert (task.output / "result.txt").read_text() == "result\n"
 
@@ -45,7 +45,7 @@ def test_identity_capabilities_and_environment(driver, make_task, monkeypatch):
     assert status["Seccomp"] == ("2" if driver.use_seccomp else "0")
     env = dict(line.split("=", 1) for line in lines[7:])
     assert env["TASK_VAR"] == "given" and "AGENT_SECRET" not in env
-    assert env["HOME"] == str(task.scratch)
+    assert env["HOME"] == "/task/scratch"
 
 
 def test_enforced_limits_say_how(driver):
@@ -83,10 +83,15 @@ def test_file_inputs_and_readonly_mounts(driver, make_task):
 
 
 def test_refuses_a_symlinked_mount_source(driver, make_task, tmp_path):
+    from dataclasses import replace
+
+    from worker.execution.base import Mount
+
     task = make_task()
-    (task.inputs / "evil").symlink_to("/etc")
+    (task.root / "evil").symlink_to("/etc")
+    spec = task.spec(["/bin/true"])
     with pytest.raises(ValueError, match="symlink"):
-        driver.start(task.spec(["/bin/true"]))
+        driver.start(replace(spec, mounts=[*spec.mounts, Mount(task.root / "evil", "/task/evil")]))
 
 
 @needs_root

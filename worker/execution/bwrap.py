@@ -37,6 +37,9 @@ from worker.execution.base import (
 )
 from worker.protocol import KillReason
 
+# Where the task's directories appear inside: the agent mounts program/ and inputs/ at
+# <root>/program and <root>/inputs, and programs rely on ../output from their working directory.
+SANDBOX_ROOT = "/task"
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -161,12 +164,12 @@ class BwrapDriver(ExecutionDriver):
             if self._network_ready:
                 return
             if not self.is_root:
-                raise RuntimeError("this task asks for network, but the agent is not root, so the "
+                raise ValueError("this task asks for network, but the agent is not root, so the "
                                    "sandbox cannot be kept off the host's loopback services: refused")
             try:
                 netfilter.install(self.host_uid, list(self.network_blocked_cidrs))
             except (netfilter.NetfilterError, ValueError) as exc:
-                raise RuntimeError(f"this task asks for network but the guard rules failed: {exc}") from None
+                raise ValueError(f"this task asks for network but the guard rules failed: {exc}") from None
             self._network_ready = True
 
     def start(self, spec: ExecutionSpec) -> BwrapExecution:
@@ -266,7 +269,7 @@ class BwrapExecution(Execution):
             if Path("/etc", entry).exists():
                 b += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
         passwd = f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:" \
-                 f"{spec.scratch_dir}:/bin/sh\n"
+                 f"{SANDBOX_ROOT}/scratch:/bin/sh\n"
         group = f"root:x:0:\nsandbox:x:{SANDBOX_GID}:\n"
         b += ["--perms", "0644", "--ro-bind-data", str(self._data_fd(passwd.encode())), "/etc/passwd",
               "--perms", "0644", "--ro-bind-data", str(self._data_fd(group.encode())), "/etc/group"]
@@ -281,7 +284,7 @@ class BwrapExecution(Execution):
         for mount in spec.mounts:
             flag = "--ro-bind-fd" if mount.read_only else "--bind-fd"
             b += [flag, str(self._path_fd(mount.source)), mount.target]
-        scratch, output = str(spec.scratch_dir), str(spec.output_dir)
+        scratch, output = f"{SANDBOX_ROOT}/scratch", f"{SANDBOX_ROOT}/output"
         if self.disk is not None:
             b += ["--bind-fd", str(self._path_fd(self.disk.path("scratch"))), scratch,
                   "--bind-fd", str(self._path_fd(self.disk.path("output"))), output]

@@ -30,8 +30,8 @@ PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
 
 
-class CgroupError(RuntimeError):
-    pass
+class CgroupError(OSError):
+    """A cgroup could not be made or changed (an OSError, so the agent rejects the task cleanly)."""
 
 
 def _read(path: Path) -> str:
