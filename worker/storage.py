@@ -203,8 +203,19 @@ class Storage:
         """The wire form of a stored bundle: a read-only SAS on that one blob."""
         url = self._sas(stored.container, stored.blob_name, BlobSasPermissions(read=True),
                         self.expiry_for(time_limit_s))
-        kind = "archive" if stored.blob_name.endswith(".tar.gz") else "file"
-        return Bundle(name=name, url=url, kind=kind, sha256=stored.sha256, size=stored.size)
+        kind = "archive" if stored.blob_name.endswith((".tar.gz", ".tgz", ".zip", ".tar")) else "file"
+        return Bundle(name=name, url=url, kind=kind, sha256=stored.sha256 or None, size=stored.size or None)
+
+    def output_bundle(self, competition: str, task_id: str, attempt: int) -> StoredBundle | None:
+        """A task's output archive as an input of another task (e.g. predictions -> scoring);
+        None when the task uploaded no output."""
+        container = competition_containers(competition)["outputs"]
+        blob = self.service.get_blob_client(container, output_blob_name(task_id, attempt))
+        try:
+            props = blob.get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return StoredBundle(container, output_blob_name(task_id, attempt), "", props.size)
 
     # --- bundles --------------------------------------------------------------------------------------
     def upload_bundle(self, competition: str, source: str | Path | bytes, *, suffix: str = ".tar.gz") -> StoredBundle:

@@ -1,0 +1,330 @@
+# ruff: noqa: B008 - typer declares options as argument defaults
+"""CLI of the local stack and of the site's everyday operations:
+``pool local up|down``, ``pool submit``, ``pool status``, ``pool logs``, ``pool cancel``, ``pool demo``,
+``pool competition create``. Heavy imports stay inside the commands (``pool --help`` stays fast)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+DATA_DIR_HELP = "Directory of the local stack (profile, database, blobs, logs)."
+
+
+def _data_dir_option() -> Path:
+    return typer.Option(Path(".pool"), "--data-dir", "-d", envvar="POOL_DATA_DIR", help=DATA_DIR_HELP)
+
+
+local_app = typer.Typer(help="Run the whole system on this machine: emulator, Azurite, site, agents.",
+                        no_args_is_help=True)
+competition_app = typer.Typer(help="Manage competitions (= pools: a task queue and a response queue, "
+                                   "plus blob containers).", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(local_app, name="local")
+    app.add_typer(competition_app, name="competition")
+    app.command(name="submit")(submit)
+    app.command(name="status")(status)
+    app.command(name="logs")(logs)
+    app.command(name="cancel")(cancel)
+    app.command(name="demo")(demo)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+# --- pool local up / down ----------------------------------------------------------------------------
+@local_app.command("up")
+def local_up(
+    workers: int = typer.Option(2, "--workers", "-w", min=0, help="Agents per pool."),
+    driver: str = typer.Option("process", "--driver", help="Execution driver of the agents (process, bwrap...)."),
+    competition: list[str] = typer.Option(["default"], "--competition", "-c",
+                                          help="Competition(s) to create at start (repeatable)."),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """Start the local stack in the foreground and keep it running until Ctrl-C / SIGTERM.
+
+    Starts the Service Bus emulator, Azurite, the site's watcher and monitor, and N agents for every
+    pool; writes DATA_DIR/profile.yaml so other `pool` commands find the stack; prints a line
+    containing `ready` when every component accepts work. Pools created later with
+    `pool competition create` get their agents without a restart.
+    """
+    import signal
+    import threading
+
+    from worker.local.stack import LocalStack, StackError
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stack = LocalStack(data_dir, workers=workers, driver=driver, competitions=tuple(competition),
+                       on_output=lambda line: typer.echo(line))
+    try:
+        stack.start()
+    except (StackError, RuntimeError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    pools = ", ".join(sorted(stack.agents))
+    typer.echo(f"ready: pools {pools}; {workers} agent(s) per pool; data dir {stack.data_dir}")
+    typer.echo(f"  submit:  pool submit --data-dir {data_dir} --wait -- echo hello")
+    typer.echo(f"  status:  pool status --data-dir {data_dir}      stop: Ctrl-C")
+    sys.stdout.flush()
+    try:
+        stack.supervise(stop)
+    finally:
+        typer.echo("stopping...")
+        stack.stop()
+        typer.echo("stopped")
+
+
+@local_app.command("down")
+def local_down(data_dir: Path = _data_dir_option(),
+               timeout: float = typer.Option(60, help="Seconds to wait for a clean stop.")) -> None:
+    """Stop a stack started with `pool local up` in another terminal (sends it SIGTERM)."""
+    import os
+    import signal
+    import time
+
+    from worker.local.profile import StackNotRunning, load_profile
+
+    try:
+        profile = load_profile(data_dir)
+    except StackNotRunning as exc:
+        raise _fail(str(exc)) from None
+    os.kill(profile.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while profile.alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if profile.alive:
+        raise _fail(f"pid {profile.pid} still running after {timeout:.0f} s")
+    typer.echo("stopped")
+
+
+# --- pool competition create ------------------------------------------------------------------------
+@competition_app.command("create")
+def competition_create(
+    name: str = typer.Argument(..., help="3-50 lowercase letters, digits and hyphens."),
+    data_dir: Path = _data_dir_option(),
+    azure: bool = typer.Option(False, "--azure", help="Create it in Azure with the Pulumi program instead."),
+    stack_config: Path | None = typer.Option(None, "--stack-config", help="(--azure) Pulumi stack config file."),
+    stack: str | None = typer.Option(None, "--stack", help="(--azure) Pulumi stack name."),
+) -> None:
+    """Create a competition: its task/response queue pair (worker and site policies with least
+    rights), its blob containers and its pool on the site. On the local stack this happens at
+    runtime, no restart; `pool local up` starts its agents."""
+    from worker.config import ConfigError, check_competition_name
+
+    try:
+        check_competition_name(name)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    if azure:
+        try:
+            from worker.site.provisioning import create_competition_stack
+        except ImportError:
+            raise _fail("the Azure provisioning module (worker.site.provisioning) is not installed in this "
+                        "build") from None
+        outputs = create_competition_stack(name, config_file=stack_config, stack=stack, on_output=typer.echo)
+        for key, value in sorted(outputs.items()):
+            typer.echo(f"{key}: {value}")
+        return
+    from worker.local.competition import create_local_competition
+    from worker.local.emulator_admin import EmulatorAdminError
+    from worker.local.profile import StackNotRunning
+
+    try:
+        info = create_local_competition(data_dir, name)
+    except (StackNotRunning, EmulatorAdminError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"competition {name}: task queue {info.task_queue}, response queue {info.response_queue}, "
+               f"containers {name}-bundles/-logs/-outputs")
+
+
+# --- pool submit -------------------------------------------------------------------------------------
+def submit(
+    command: list[str] | None = typer.Argument(None, help="The command to run (after `--`)."),
+    competition: str = typer.Option("default", "--competition", "-c", help="The pool to submit to."),
+    bundle: Path | None = typer.Option(None, "--bundle", "-b", exists=True, file_okay=False,
+                                       help="A directory uploaded as the program (at ../program from the "
+                                            "working directory); runs its run.sh or main.py when no command "
+                                            "is given."),
+    inputs: list[str] = typer.Option([], "--input", "-i", help="NAME=PATH: a directory or file given to the "
+                                                              "task at ../inputs/NAME (repeatable)."),
+    time_limit: float = typer.Option(600, "--time-limit", "-t", min=0.1, help="Seconds before it is killed."),
+    env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the program (repeatable)."),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Block until it ends; exit 0 only if it finished "
+                                                          "successfully."),
+    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """Submit a task to a pool: `pool submit --wait -- python3 -c 'print(42)'` or
+    `pool submit --bundle ./my-program --wait`."""
+    from worker.local.client import ClientError, bundle_command, open_site, wait_for
+    from worker.local.profile import StackNotRunning
+    from worker.site.pools import UnknownPool
+    from worker.site.producer import Submission, SubmitError
+
+    argv = list(command or [])
+    if not argv and bundle is None:
+        raise _fail("give a command after `--` or a --bundle DIR", 2)
+    try:
+        if not argv:
+            argv = bundle_command(bundle)  # type: ignore[arg-type]
+        input_map = dict(_pair(i, "--input") for i in inputs)
+        env_map = dict(_pair(e, "--env") for e in env)
+        for name, path in input_map.items():
+            if not Path(path).exists():
+                raise ClientError(f"--input {name}={path}: no such file or directory")
+        site = open_site(data_dir)
+    except (ClientError, StackNotRunning, ValueError) as exc:
+        raise _fail(str(exc), 2) from None
+    with site:
+        try:
+            task = site.producer.submit(Submission(pool=competition, command=argv, program=bundle,
+                                                   inputs={k: Path(v) for k, v in input_map.items()},
+                                                   time_limit_s=time_limit, env=env_map))
+        except (UnknownPool, SubmitError, FileNotFoundError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(f"submitted {task.id} to {competition}")
+        if not wait:
+            return
+        try:
+            task = wait_for(site, task.id, timeout=timeout)
+        except TimeoutError as exc:
+            raise _fail(str(exc), 3) from None
+        _print_outcome(site, task)
+    if not (task.state == "finished" and task.exit_code == 0):
+        raise typer.Exit(1)
+
+
+def _pair(text: str, option: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"{option} {text!r}: expected NAME=VALUE")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def _print_outcome(site, task) -> None:  # type: ignore[no-untyped-def]
+    from worker.site.queries import duration_s
+
+    took = duration_s(task)
+    parts = [f"{task.id}: {task.state}", f"exit code {task.exit_code if task.exit_code is not None else '-'}"]
+    if took is not None:
+        parts.append(f"ran {took:.2f} s")
+    if task.attempt > 1:
+        parts.append(f"attempt {task.attempt}")
+    typer.echo(", ".join(parts))
+    if task.reason:
+        typer.echo(f"reason: {task.reason}")
+    typer.echo(f"logs: pool logs {task.id}   (blobs: {site.storage.log_url(task.pool, task.id, task.attempt, 'stdout')}"
+               f", .../stderr.log)")
+
+
+# --- pool status ------------------------------------------------------------------------------------
+def status(
+    task_id: str | None = typer.Argument(None, help="Show one task and its history."),
+    limit: int = typer.Option(20, "--limit", "-n", help="How many recent tasks to list."),
+    competition: str | None = typer.Option(None, "--competition", "-c", help="Only this pool's tasks."),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """Pools (queue depth, dead letters, live workers, tasks per state) and recent tasks."""
+    from rich.console import Console
+
+    from worker.local import views
+    from worker.local.client import ClientError, get_task, open_site
+    from worker.local.profile import StackNotRunning
+
+    console = Console()
+    try:
+        site = open_site(data_dir, require_running=False)
+    except StackNotRunning as exc:
+        raise _fail(str(exc)) from None
+    with site:
+        if task_id:
+            try:
+                get_task(site, task_id)
+            except ClientError as exc:
+                raise _fail(str(exc)) from None
+            console.print(views.task_detail(site, task_id))
+            return
+        console.print(views.pools_table(site))
+        console.print(views.tasks_table(site, limit=limit, pool=competition))
+
+
+# --- pool logs --------------------------------------------------------------------------------------
+def logs(
+    task_id: str = typer.Argument(..., help="The task."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep tailing until the task ends."),
+    stream: str = typer.Option("both", "--stream", "-s", help="stdout, stderr or both."),
+    attempt: int | None = typer.Option(None, "--attempt", help="Another attempt than the latest."),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """Print a task's stdout/stderr from blob storage (with --follow: live, while it runs)."""
+    from worker.local.client import ClientError, open_site, stream_logs
+    from worker.local.profile import StackNotRunning
+
+    if stream not in ("stdout", "stderr", "both"):
+        raise _fail("--stream must be stdout, stderr or both", 2)
+    streams = ("stdout", "stderr") if stream == "both" else (stream,)
+
+    def write(which: str, data: bytes) -> None:
+        target = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
+        target.write(data)
+        target.flush()
+
+    try:
+        site = open_site(data_dir)
+    except StackNotRunning as exc:
+        raise _fail(str(exc)) from None
+    with site:
+        try:
+            stream_logs(site, task_id, follow=follow, write=write, streams=streams, attempt=attempt)  # type: ignore[arg-type]
+        except ClientError as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+# --- pool cancel ------------------------------------------------------------------------------------
+def cancel(
+    task_id: str = typer.Argument(..., help="The task."),
+    reason: str = typer.Option("cancelled by the user", help="Recorded as the task's reason."),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """Cancel a task: a queued one at once, a running one within a few seconds."""
+    from worker.local.client import open_site
+    from worker.local.profile import StackNotRunning
+
+    try:
+        site = open_site(data_dir)
+    except StackNotRunning as exc:
+        raise _fail(str(exc)) from None
+    with site:
+        try:
+            task = site.producer.cancel(task_id, reason)
+        except LookupError as exc:
+            raise _fail(str(exc)) from None
+    typer.echo(f"{task_id}: cancellation requested (state {task.state})")
+
+
+# --- pool demo --------------------------------------------------------------------------------------
+def demo(
+    workers: int = typer.Option(3, "--workers", "-w", min=1, help="Agents for the demo pool."),
+    driver: str = typer.Option("process", "--driver", help="Execution driver of the agents."),
+    timeout: float = typer.Option(180, "--timeout", help="Give up after this many seconds."),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """The whole loop on this machine: starts the local stack (or uses the one running in DATA_DIR),
+    creates the sample competition, evaluates a few submissions (one is expected to fail, one to
+    time out), scores them, and prints a summary. Exits 0 when everything behaved as expected."""
+    from worker.local.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir, workers=workers, driver=driver, timeout=timeout))

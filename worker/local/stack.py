@@ -1,0 +1,357 @@
+"""The local stack in one object: the emulator, Azurite, the site (watcher + monitor, in this process)
+and N agents per pool as subprocesses (``python -m worker agent --config FILE``).
+
+Layout of the data dir (default ``./.pool``)::
+
+    profile.yaml       how other commands find the stack (ports, connection strings, database)
+    emulator.yaml      the emulator's namespace policy (its key is generated once)
+    emulator/          the emulator's durable store (runtime-created queues survive restarts)
+    azurite/           blobs
+    site.db            the site database (SQLite)
+    keys/<pool>.yaml   each pool's generated queue keys
+    agents/<id>/       each agent's config.yaml, work dir and input cache
+    logs/              one log file per component
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.config import (
+    AgentConfig,
+    CacheSettings,
+    ExecutionSettings,
+    ServiceBusSettings,
+    dump_agent_config,
+)
+from worker.local.azurite import AzuriteProcess
+from worker.local.competition import ROOT_POLICY, create_local_competition, emulator_connection_string
+from worker.local.emulator_admin import EmulatorAdmin
+from worker.local.processes import port_open, stop_process_group
+from worker.local.profile import (
+    PROFILE_NAME,
+    EmulatorInfo,
+    LocalProfile,
+    PoolInfo,
+    load_profile,
+    profile_lock,
+)
+
+DEFAULT_COMPETITION = "default"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class AgentProcess:
+    worker_id: str
+    pool: str
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalStack:
+    def __init__(
+        self,
+        data_dir: str | Path = ".pool",
+        *,
+        workers: int = 2,
+        driver: str = "process",
+        competitions: tuple[str, ...] = (DEFAULT_COMPETITION,),
+        heartbeat_interval_s: float = 2.0,
+        lost_after_s: float = 30.0,
+        on_output: Callable[[str], None] = print,
+    ) -> None:
+        if workers < 0:
+            raise StackError("--workers must be 0 or more")
+        self.data_dir = Path(data_dir).resolve()
+        self.workers = workers
+        self.driver = driver
+        self.competitions = competitions
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.lost_after_s = lost_after_s
+        self.say = on_output
+        self.emulator = None  # worker.emulator.launcher.EmulatorProcess
+        self.azurite: AzuriteProcess | None = None
+        self.site = None  # worker.site.service.Site
+        self.admin: EmulatorAdmin | None = None
+        self.agents: dict[str, list[AgentProcess]] = {}
+        self.profile: LocalProfile | None = None
+        self._stopping = threading.Event()
+
+    # --- start ------------------------------------------------------------------------------------
+    def start(self, timeout: float = 90.0) -> LocalStack:
+        from worker.emulator.launcher import EmulatorProcess
+        from worker.site.service import Site
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        self._refuse_if_running()
+        self._check_driver()
+        try:
+            key = self._emulator_config()
+            previous = self._previous_profile()
+            self.emulator = EmulatorProcess(self.data_dir / "emulator.yaml", self.data_dir / "emulator",
+                                            port=_reuse(previous and previous.emulator.port),
+                                            http_port=_reuse(previous and previous.emulator.http_port))
+            self.emulator.start()
+            self.azurite = AzuriteProcess(self.data_dir / "azurite", log_file=self.data_dir / "logs" / "azurite.log",
+                                          port=_reuse(previous and _azurite_port(previous)))
+            self.azurite.start()
+            host = "127.0.0.1"
+            self.admin = EmulatorAdmin(host, self.emulator.http_port, ROOT_POLICY, key)
+            self.profile = LocalProfile(
+                pid=os.getpid(), state="starting", data_dir=str(self.data_dir),
+                emulator=EmulatorInfo(host=host, port=self.emulator.port, http_port=self.emulator.http_port,
+                                      config_path=str(self.data_dir / "emulator.yaml"),
+                                      root_connection_string=emulator_connection_string(
+                                          host, self.emulator.port, ROOT_POLICY, key)),
+                storage_connection_string=self.azurite.connection_string,
+                database_url=f"sqlite:///{self.data_dir / 'site.db'}",
+                lost_after_s=self.lost_after_s, workers_per_pool=self.workers, driver=self.driver,
+            )
+            with profile_lock(self.data_dir):
+                self.profile.save()
+            self.site = Site(self.profile.site_settings())
+            # Every pool known from an earlier run, plus the ones asked for (idempotent).
+            for name in sorted(set(self.competitions) | self._known_pools()):
+                self.create_competition(name)
+            self.site.start_background(depth_probe=self._depth)
+            self.sync_agents()
+            self.wait_ready(timeout)
+            self._set_state("ready")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _refuse_if_running(self) -> None:
+        path = self.data_dir / PROFILE_NAME
+        if path.exists():
+            try:
+                profile = load_profile(self.data_dir, require_running=False)
+            except Exception:  # noqa: BLE001 - an unreadable old profile is replaced
+                return
+            if profile.alive and profile.state != "stopped" and profile.pid != os.getpid():
+                raise StackError(f"a local stack is already running from {self.data_dir} (pid {profile.pid}); "
+                                 "stop it first (Ctrl-C there, or `pool local down`)")
+
+    def _check_driver(self) -> None:
+        from worker.execution import get_driver
+
+        try:
+            get_driver(self.driver).check_available()
+        except Exception as exc:  # noqa: BLE001 - report the registry's own words
+            raise StackError(f"execution driver {self.driver!r} cannot run here: {exc}") from None
+
+    def _previous_profile(self) -> LocalProfile | None:
+        try:
+            return load_profile(self.data_dir, require_running=False)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _emulator_config(self) -> str:
+        """Write emulator.yaml once (namespace Manage policy); returns its key."""
+        from worker.emulator.auth import generate_key
+        from worker.emulator.config import EmulatorConfig, PolicyConfig, Right
+
+        path = self.data_dir / "emulator.yaml"
+        if path.exists():
+            config = EmulatorConfig.load(path)
+            for policy in config.policies:
+                if policy.name == ROOT_POLICY:
+                    return policy.key
+        key = generate_key()
+        config = EmulatorConfig(policies=[PolicyConfig(name=ROOT_POLICY, key=key,
+                                                       rights=[Right.MANAGE, Right.SEND, Right.LISTEN])])
+        config.save(path)
+        os.chmod(path, 0o600)
+        return key
+
+    def _known_pools(self) -> set[str]:
+        keys = self.data_dir / "keys"
+        return {p.stem for p in keys.glob("*.yaml")} if keys.exists() else set()
+
+    def create_competition(self, name: str) -> PoolInfo:
+        info = create_local_competition(self.data_dir, name)
+        self.profile = load_profile(self.data_dir, require_running=False)
+        return info
+
+    def _set_state(self, state: str) -> None:
+        with profile_lock(self.data_dir):
+            profile = load_profile(self.data_dir, require_running=False)
+            profile.state = state
+            profile.save()
+            self.profile = profile
+
+    def _depth(self, pool) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]
+        metrics = self.admin.metrics() if self.admin else {}
+        queue = metrics.get(pool.task_queue.lower())
+        if queue is None:
+            return None
+        return int(queue.get("active_messages", 0) + queue.get("locked_messages", 0)), \
+            int(queue.get("dead_lettered_messages", 0))
+
+    # --- agents -----------------------------------------------------------------------------------
+    def agent_config(self, pool: str, index: int, info: PoolInfo) -> AgentProcess:
+        worker_id = f"{pool}-w{index + 1}"
+        home = self.data_dir / "agents" / worker_id
+        home.mkdir(parents=True, exist_ok=True)
+        config = AgentConfig(
+            worker_id=worker_id, pool=pool,
+            servicebus=ServiceBusSettings(task_queue=info.task_queue, response_queue=info.response_queue,
+                                          task_queue_connection_string=info.worker_listen_connection_string,
+                                          response_queue_connection_string=info.worker_send_connection_string),
+            work_dir=home / "work", cache=CacheSettings(dir=home / "cache", max_bytes=1024**3),
+            execution=ExecutionSettings(driver=self.driver),  # type: ignore[arg-type]
+            heartbeat_interval_s=self.heartbeat_interval_s, cancel_poll_interval_s=0.5, receive_wait_s=1.0,
+        )
+        path = home / "config.yaml"
+        path.write_text(dump_agent_config(config))
+        os.chmod(path, 0o600)
+        return AgentProcess(worker_id, pool, path, self.data_dir / "logs" / f"agent-{worker_id}.log")
+
+    def start_agent(self, agent: AgentProcess) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _python_path()}
+        with open(agent.log_path, "ab") as log:
+            agent.process = subprocess.Popen(
+                [sys.executable, "-m", "worker", "agent", "--config", str(agent.config_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                cwd=agent.config_path.parent,  # not the caller's cwd: a ./worker there would shadow the package
+            )
+
+    def sync_agents(self) -> None:
+        """N agents for every pool (new pools created by `pool competition create` included)."""
+        profile = load_profile(self.data_dir, require_running=False)
+        self.profile = profile
+        for name, info in profile.pools.items():
+            agents = self.agents.setdefault(name, [])
+            while len(agents) < self.workers:
+                agent = self.agent_config(name, len(agents), info)
+                self.start_agent(agent)
+                agents.append(agent)
+                self.say(f"agent {agent.worker_id} started (pid {agent.process.pid})")  # type: ignore[union-attr]
+
+    def restart_dead_agents(self) -> list[str]:
+        restarted = []
+        for agents in self.agents.values():
+            for agent in agents:
+                if not agent.alive and not self._stopping.is_set():
+                    code = agent.process.returncode if agent.process else None
+                    self.say(f"agent {agent.worker_id} exited (code {code}); restarting it")
+                    self.start_agent(agent)
+                    restarted.append(agent.worker_id)
+        return restarted
+
+    def wait_ready(self, timeout: float) -> None:
+        """Every component accepts work: the emulator and Azurite listen, the site's watcher runs, and
+        every agent has a receiver attached to its task queue."""
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = self._not_ready()
+            if not missing:
+                return
+            dead = [a.worker_id for agents in self.agents.values() for a in agents if not a.alive]
+            if dead:
+                raise StackError(f"agent(s) {', '.join(dead)} exited during start; see {self.data_dir / 'logs'}")
+            if time.monotonic() > deadline:
+                raise StackError(f"not ready after {timeout:.0f} s: waiting for {', '.join(missing)}")
+            time.sleep(0.2)
+
+    def _not_ready(self) -> list[str]:
+        missing = []
+        if self.azurite is None or not port_open("127.0.0.1", self.azurite.port):
+            missing.append("azurite")
+        try:
+            metrics = self.admin.metrics() if self.admin else {}
+        except Exception:  # noqa: BLE001
+            return [*missing, "emulator"]
+        for pool, agents in self.agents.items():
+            queue = (self.profile.pools[pool].task_queue if self.profile else pool).lower()
+            consumers = int(metrics.get(queue, {}).get("consumers", 0))
+            if consumers < len(agents):
+                missing.append(f"{pool} agents ({consumers}/{len(agents)} listening)")
+        return missing
+
+    # --- run and stop -----------------------------------------------------------------------------
+    def supervise(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        """Until ``stop`` is set: start agents for new pools, restart agents that died."""
+        while not stop.wait(interval_s):
+            try:
+                before = {n: len(a) for n, a in self.agents.items()}
+                self.sync_agents()
+                self.restart_dead_agents()
+                if {n: len(a) for n, a in self.agents.items()} != before:
+                    self.wait_ready(60)
+                    self.say("ready (new pool)")
+            except Exception as exc:  # noqa: BLE001 - keep the stack up; say what went wrong
+                self.say(f"warning: {exc}")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        agents = [a for group in self.agents.values() for a in group]
+        for agent in agents:  # SIGTERM all first: they finish or hand back their task in parallel
+            if agent.alive:
+                try:
+                    os.killpg(agent.process.pid, 15)  # type: ignore[union-attr]
+                except ProcessLookupError:
+                    pass
+        for agent in agents:
+            if agent.process is not None:
+                stop_process_group(agent.process, timeout=20)
+        if self.site is not None:
+            self.site.close()
+            self.site = None
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+        if (self.data_dir / PROFILE_NAME).exists():
+            try:
+                self._set_state("stopped")
+            except Exception:  # noqa: BLE001, S110 - nothing more to stop
+                pass
+
+    def __enter__(self) -> LocalStack:  # noqa: PYI034
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _python_path() -> str:
+    """Children import the same ``worker`` package as this process, whatever their cwd."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = os.environ.get("PYTHONPATH")
+    return f"{root}{os.pathsep}{rest}" if rest else root
+
+
+def _reuse(port: int | None) -> int:
+    """The port of the previous run when it is still free (URLs in queued tasks keep working)."""
+    if port and not port_open("127.0.0.1", port):
+        return port
+    return 0
+
+
+def _azurite_port(profile: LocalProfile) -> int | None:
+    marker = "BlobEndpoint=http://127.0.0.1:"
+    cs = profile.storage_connection_string
+    if marker in cs:
+        return int(cs.split(marker, 1)[1].split("/", 1)[0])
+    return None
