@@ -13,12 +13,13 @@ from pathlib import Path
 # as the ``infra`` package from the repository root instead (and keep module names from shadowing).
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+if str(_HERE.parent) not in sys.path:
+    sys.path.insert(0, str(_HERE.parent))
 
-import pulumi  # noqa: E402
+import pulumi
 
-from infra.config_source import read_stack_config  # noqa: E402
-from infra.program import build  # noqa: E402
+from infra.config_source import read_stack_config
+from infra.program import build
 
 config, location, admin_password = read_stack_config()
 for name, value in build(config, location=location, admin_password=admin_password).items():

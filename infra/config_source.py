@@ -7,9 +7,8 @@ from typing import Any
 
 import pulumi
 
-from worker.config import ConfigError
-
 from infra.settings import CONFIG_NAMESPACE, SECTIONS, StackConfig, parse_stack_config
+from worker.config import ConfigError
 
 
 def read_stack_config() -> tuple[StackConfig, str | None, pulumi.Output[str] | None]:

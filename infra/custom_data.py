@@ -20,9 +20,8 @@ from typing import Any
 
 import yaml
 
-from worker.config import AgentConfig, dump_agent_config, parse_agent_config
-
 from infra.settings import InstallSettings
+from worker.config import AgentConfig, dump_agent_config, parse_agent_config
 
 LINUX_CONFIG_PATH = "/etc/pool-agent/agent.yaml"
 WINDOWS_CONFIG_PATH = r"C:\ProgramData\pool-agent\agent.yaml"
@@ -124,8 +123,8 @@ def linux_cloud_init(config: AgentConfig, *, config_path: str = LINUX_CONFIG_PAT
             "venv/bin/pip install --quiet ansible wheel",
             "venv/bin/pip wheel --quiet --no-deps -w dist ./src",
             "wheel=$(ls \"$PWD\"/dist/*.whl)",
-            f"venv/bin/ansible-playbook -i inventory.ini src/{shlex.quote(install.playbook)} "
-            "-e @vars.json -e \"worker_agent_wheel=$wheel\"",
+            (f"venv/bin/ansible-playbook -i inventory.ini src/{shlex.quote(install.playbook)} "
+             "-e @vars.json -e \"worker_agent_wheel=$wheel\""),
             *finish,
         ]
     files.append({"path": f"{BOOTSTRAP_DIR}/first-boot.sh", "owner": "root:root", "permissions": "0700",

@@ -13,8 +13,15 @@ import re
 
 from worker.config import check_competition_name, competition_containers, competition_queues
 
-__all__ = ["competition_containers", "competition_queues", "namespace_name", "storage_account_name",
-           "resource_group_name", "computer_name_prefix", "short_hash"]
+__all__ = [
+    "competition_containers",
+    "competition_queues",
+    "computer_name_prefix",
+    "namespace_name",
+    "resource_group_name",
+    "short_hash",
+    "storage_account_name",
+]
 
 
 def short_hash(competition: str, salt: str = "", length: int = 8) -> str:

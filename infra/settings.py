@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -132,7 +133,7 @@ class ServiceBusConfig(_Strict):
         return None if v is None else _check_namespace_name(v)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ServiceBusConfig":
+    def _consistent(self) -> ServiceBusConfig:
         if self.existing_namespace and self.namespace_name:
             raise ValueError("set either namespace_name (a dedicated namespace) or existing_namespace, not both")
         if self.existing_namespace and self.disable_local_auth:
@@ -328,7 +329,7 @@ class WorkersConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "WorkersConfig":
+    def _consistent(self) -> WorkersConfig:
         if self.min_instances > self.max_instances:
             raise ValueError(f"min_instances ({self.min_instances}) is above max_instances ({self.max_instances})")
         if self.gallery_image_id and self.marketplace_image:
@@ -407,7 +408,7 @@ class StackConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "StackConfig":
+    def _consistent(self) -> StackConfig:
         if self.servicebus.disable_local_auth and self.auth != "managed_identity":
             raise ValueError("servicebus.disable_local_auth needs auth: managed_identity (workers would "
                              "have no way in)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml

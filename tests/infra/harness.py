@@ -104,10 +104,11 @@ class Mocks(pulumi.runtime.Mocks):
         raise AssertionError(f"unexpected invoke {args.token}")
 
 
-def deploy(build, *args, **kwargs) -> Deployment:
+def deploy(build, *args, deployment: Deployment | None = None, **kwargs) -> Deployment:
     """Run ``build(*args, **kwargs)`` (which returns a dict of outputs) under mocks; wait for
-    every registration; return what was declared and the resolved outputs."""
-    deployment = Deployment()
+    every registration; return what was declared and the resolved outputs (into ``deployment``
+    when given, so that a test can look at it even when the program raised)."""
+    deployment = deployment if deployment is not None else Deployment()
     pulumi.runtime.set_mocks(Mocks(deployment), project="pool", stack="test", preview=False)
 
     @pulumi.runtime.test

@@ -17,9 +17,10 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -28,6 +29,11 @@ from worker.config import ConfigError, check_competition_name
 CONFIG_NAMESPACE = "pool"
 ADMIN_PASSWORD_ENV = "POOL_ADMIN_PASSWORD"  # Windows pools: the VMs' admin password (stored as a secret)
 PROJECT_DIR_ENV = "POOL_INFRA_PROJECT_DIR"  # a checkout holding Pulumi.yaml + infra/, if not this one
+
+
+# Stack outputs that hold keys (see infra/program.py): store them, never print them.
+SECRET_OUTPUTS = frozenset({"site_task_queue_connection_string", "site_response_queue_connection_string",
+                            "site_storage_connection_string"})
 
 
 class ProvisioningError(RuntimeError):
@@ -141,8 +147,8 @@ def create_competition_stack(competition: str, *, config_file: Path | None = Non
                              on_output: Callable[[str], None] = print) -> dict[str, Any]:
     """Deploy (create or update) the competition's stack; returns the stack outputs.
 
-    The returned mapping includes secret outputs in plain text (the site's connection strings where
-    keys are used): store them, do not print them.
+    The returned mapping includes the secret outputs (:data:`SECRET_OUTPUTS`, the site's connection
+    strings where keys are used) in plain text: store them, do not print them.
     """
     entries = stack_config_values(competition, config_file)
     pulumi_cli()  # before touching any stack
