@@ -157,7 +157,7 @@ class TaskEvent(Base):
 
     task: Mapped[Task] = relationship(back_populates="events")
 
-    __table_args__ = (UniqueConstraint("task_id", "attempt", "seq", "reported_at", "source",
+    __table_args__ = (UniqueConstraint("task_id", "attempt", "seq", "state", "reported_at", "source",
                                        name="uq_task_events_status"),)
 
 

@@ -93,7 +93,7 @@ def upgrade() -> None:
     sa.Column('recorded_at', worker.site.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('task_id', 'attempt', 'seq', 'reported_at', 'source', name='uq_task_events_status')
+    sa.UniqueConstraint('task_id', 'attempt', 'seq', 'state', 'reported_at', 'source', name='uq_task_events_status')
     )
     with op.batch_alter_table('task_events', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_task_events_task_id'), ['task_id'], unique=False)
