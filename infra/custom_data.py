@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 import shlex
 from dataclasses import dataclass
 from importlib import resources
@@ -106,6 +107,7 @@ def linux_cloud_init(config: AgentConfig, *, config_path: str = LINUX_CONFIG_PAT
     else:
         document["package_update"] = True
         document["packages"] = ["git", "python3-venv", "python3-pip"]
+        playbook_dir, playbook_file = posixpath.split(install.playbook)
         extra_vars = {"worker_agent_service_state": "stopped", "worker_agent_config_path": config_path,
                       **install.extra_vars}
         files.append({"path": f"{BOOTSTRAP_DIR}/inventory.ini", "permissions": "0644",
@@ -123,8 +125,10 @@ def linux_cloud_init(config: AgentConfig, *, config_path: str = LINUX_CONFIG_PAT
             "venv/bin/pip install --quiet ansible wheel",
             "venv/bin/pip wheel --quiet --no-deps -w dist ./src",
             "wheel=$(ls \"$PWD\"/dist/*.whl)",
-            (f"venv/bin/ansible-playbook -i inventory.ini src/{shlex.quote(install.playbook)} "
-             "-e @vars.json -e \"worker_agent_wheel=$wheel\""),
+            # From the playbook's folder, so that its ansible.cfg (roles path, interpreter) applies.
+            f"cd src/{shlex.quote(playbook_dir or '.')}",
+            (f"{BOOTSTRAP_DIR}/venv/bin/ansible-playbook -i {BOOTSTRAP_DIR}/inventory.ini "
+             f"{shlex.quote(playbook_file)} -e @{BOOTSTRAP_DIR}/vars.json -e \"worker_agent_wheel=$wheel\""),
             *finish,
         ]
     files.append({"path": f"{BOOTSTRAP_DIR}/first-boot.sh", "owner": "root:root", "permissions": "0700",

@@ -225,18 +225,18 @@ _GALLERY_IMAGE_RE = re.compile(
 
 
 class InstallSettings(_Strict):
-    """How a marketplace Linux image becomes a worker at first boot: cloud-init fetches this repository
-    (or a release archive of it) and runs the install playbook against localhost."""
+    """How a marketplace Linux image becomes a worker at first boot: cloud-init clones this repository
+    (``source`` at ``ref``), builds the wheel and runs the install playbook against localhost."""
 
-    source: str = "https://github.com/compute-pools/compute-pools.git"
+    source: str | None = None  # required with a marketplace image: this repository's git URL (https)
     ref: str = "main"
     playbook: str = "playbooks/install-worker.yml"
     extra_vars: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("source")
     @classmethod
-    def _https(cls, v: str) -> str:
-        if not v.startswith("https://"):
+    def _https(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("https://"):
             raise ValueError("install.source must be an https:// git URL")
         return v
 
@@ -339,6 +339,9 @@ class WorkersConfig(_Strict):
         if self.os == "windows" and not self.gallery_image_id:
             raise ValueError("Windows pools need gallery_image_id (the image built from images/windows): a "
                              "Windows VM cannot run the install playbook on itself at first boot")
+        if self.os == "linux" and not self.gallery_image_id and not self.install.source:
+            raise ValueError("install.source is required without gallery_image_id: the https git URL of this "
+                             "repository (or your mirror), installed at first boot by the install playbook")
         if self.os == "windows" and self.ssh_public_key:
             raise ValueError("ssh_public_key applies to Linux pools; Windows pools use pool:admin_password")
         if self.spot_max_price != -1 and not (self.spot and self.spot_max_price > 0):

@@ -15,11 +15,13 @@ from tests.infra.harness import Deployment, deploy
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@example"
 GALLERY = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/"
            "Microsoft.Compute/galleries/poolimages/images/pool-worker-windows")
+REPO = "https://git.example.org/ml/compute-pools.git"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 
 def linux_config(**overrides: Any) -> dict[str, Any]:
-    base = {"competition": "demo", "workers": {"os": "linux", "ssh_public_key": SSH_KEY}}
+    base = {"competition": "demo", "workers": {"os": "linux", "ssh_public_key": SSH_KEY,
+                                               "install": {"source": REPO}}}
     return merge(base, overrides)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from tests.infra.conftest import SSH_KEY, linux_config
+from tests.infra.conftest import REPO, SSH_KEY, linux_config
 from tests.infra.harness import Deployment, deploy
 
 MAIN = Path(__file__).resolve().parents[2] / "infra" / "__main__.py"
@@ -66,7 +66,8 @@ def _run_main(config: dict[str, str], secret_keys: list[str] | None = None, into
 
 def test_entry_point_reads_structured_stack_config():
     d = _run_main({"azure-native:location": "westeurope", "pool:competition": "from-config",
-                   "pool:workers": json.dumps({"os": "linux", "ssh_public_key": SSH_KEY, "max_instances": 3}),
+                   "pool:workers": json.dumps({"os": "linux", "ssh_public_key": SSH_KEY, "max_instances": 3,
+                                                "install": {"source": REPO}}),
                    "pool:servicebus": json.dumps({"task_queue": {"max_delivery_count": 4}})})
     assert d.one("servicebus:Queue", "queues-tasks").inputs["maxDeliveryCount"] == 4
     assert d.one("monitor:AutoscaleSetting").inputs["profiles"][0]["capacity"]["maximum"] == "3"
@@ -75,7 +76,8 @@ def test_entry_point_reads_structured_stack_config():
 
 @pytest.mark.parametrize("config, message", [
     ({"azure-native:location": "westeurope", "pool:competition": "x!"}, "invalid competition name"),
-    ({"pool:competition": "demo", "pool:workers": json.dumps({"os": "linux", "ssh_public_key": SSH_KEY})},
+    ({"pool:competition": "demo", "pool:workers": json.dumps({"os": "linux", "ssh_public_key": SSH_KEY,
+                                                                "install": {"source": REPO}})},
      "set azure-native:location"),
     ({"azure-native:location": "westeurope", "pool:competition": "demo",
       "pool:workers": json.dumps({"os": "windows", "gallery_image_id": "/subscriptions/s/resourceGroups/r/providers/"

@@ -14,7 +14,7 @@ import pulumi
 import pytest
 import yaml
 
-from tests.infra.conftest import GALLERY, SSH_KEY
+from tests.infra.conftest import GALLERY, REPO, SSH_KEY
 from tests.infra.harness import deploy
 from worker.config import ConfigError
 from worker.site import provisioning
@@ -78,7 +78,8 @@ def test_entries_are_validated_text_values():
 @pytest.mark.parametrize("competition, data, message", [
     ("other", None, "is for competition 'demo', not 'other'"),
     ("Bad Name", None, "invalid competition name"),
-    ("demo", {"pool:competition": "demo", "pool:workers": {"os": "linux", "ssh_public_key": SSH_KEY}},
+    ("demo", {"pool:competition": "demo", "pool:workers": {"os": "linux", "ssh_public_key": SSH_KEY,
+                                                    "install": {"source": REPO}}},
      "set azure-native:location"),
     ("demo", {"azure-native:location": "westeurope", "pool:workers": {"os": "linux"}}, "ssh_public_key is required"),
     ("demo", {"azure-native:location": "westeurope", "pool:workers": {"os": "windows", "gallery_image_id": GALLERY}},

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import QueueProperties, iso_duration, parse_stack_config
-from tests.infra.conftest import GALLERY, SSH_KEY, linux_config, windows_config
+from tests.infra.conftest import GALLERY, REPO, SSH_KEY, linux_config, windows_config
 from worker.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,8 @@ def test_iso_durations(value, text):
 
 
 def test_minimal_config_gets_safe_defaults():
-    cfg = parse_stack_config({"pool:competition": "demo", "pool:workers": {"os": "linux", "ssh_public_key": SSH_KEY}})
+    cfg = parse_stack_config({"pool:competition": "demo", "pool:workers": {"os": "linux", "ssh_public_key": SSH_KEY,
+                                                                           "install": {"source": REPO}}})
     assert cfg.auth == "connection_string"
     assert cfg.servicebus.task_queue.requires_duplicate_detection  # the site's message ids dedupe resends
     assert cfg.workers.min_instances == 0 and cfg.workers.uses_install_playbook
@@ -93,6 +94,7 @@ BAD = [
     (linux_config(workers={"agent": {"execution": {"driver": "chroot"}}}), "not a valid agent config"),
     (linux_config(workers={"agent": {"shutdown_grace_s": 600}}), "must be at least 60 s shorter"),
     (linux_config(workers={"install": {"source": "http://example.com/repo.git"}}), "must be an https:// git URL"),
+    (linux_config(workers={"install": {"source": None}}), "install.source is required without gallery_image_id"),
     (windows_config(workers={"gallery_image_id": None}), "Windows pools need gallery_image_id"),
     (windows_config(workers={"ssh_public_key": SSH_KEY}), "ssh_public_key applies to Linux pools"),
     (linux_config(servicebus={"sku": "Gold"}), "pool:servicebus.sku"),
@@ -146,7 +148,7 @@ def test_all_errors_are_reported_at_once():
 
 def test_keys_of_other_namespaces_are_ignored_and_prefix_is_optional():
     cfg = parse_stack_config({"azure-native:location": "westeurope", "pool:competition": "demo",
-                              "workers": {"os": "linux", "ssh_public_key": SSH_KEY}})
+                              "workers": {"os": "linux", "ssh_public_key": SSH_KEY, "gallery_image_id": GALLERY}})
     assert cfg.competition == "demo"
 
 

@@ -10,6 +10,7 @@ import yaml
 from infra.custom_data import BOOTSTRAP_DIR, WATCHER_PATH
 from tests.infra.conftest import (
     GALLERY,
+    REPO,
     cloud_init,
     is_secret,
     linux_config,
@@ -56,8 +57,10 @@ def test_linux_marketplace_image_runs_the_install_playbook(run_stack):
     assert image["publisher"] == "Canonical" and image["version"] == "latest"
     document = cloud_init(_vmss(d).inputs)
     script = written_file(document, f"{BOOTSTRAP_DIR}/first-boot.sh")
-    assert "git clone --depth 1 --branch v1.2 https://" in script
-    assert "ansible-playbook -i inventory.ini src/playbooks/install-worker.yml" in script
+    assert f"git clone --depth 1 --branch v1.2 {REPO} src" in script
+    assert "cd src/playbooks\n" in script  # its ansible.cfg applies
+    assert (f"{BOOTSTRAP_DIR}/venv/bin/ansible-playbook -i {BOOTSTRAP_DIR}/inventory.ini install-worker.yml "
+            f"-e @{BOOTSTRAP_DIR}/vars.json") in script
     assert script.index("ansible-playbook") < script.index("systemctl restart pool-agent")
     assert "chown pool-agent:pool-agent /etc/pool-agent/agent.yaml" in script
     extra = yaml.safe_load(written_file(document, f"{BOOTSTRAP_DIR}/vars.json"))
