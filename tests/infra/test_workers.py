@@ -219,3 +219,22 @@ def test_min_instances_is_the_floor(run_stack):
     assert d.one("monitor:AutoscaleSetting").inputs["profiles"][0]["capacity"] == {
         "minimum": "2", "maximum": "2", "default": "2"}
     assert reveal(_vmss(d).inputs)["sku"]["capacity"] == 2
+
+
+@pytest.mark.parametrize("workers", [{}, {"gallery_image_id": LINUX_GALLERY}], ids=["marketplace", "gallery"])
+def test_first_boot_script_is_valid_bash(run_stack, tmp_path, workers):
+    import subprocess
+
+    document = cloud_init(_vmss(run_stack(linux_config(workers=workers))).inputs)
+    script = tmp_path / "first-boot.sh"
+    script.write_text(written_file(document, f"{BOOTSTRAP_DIR}/first-boot.sh"))
+    result = subprocess.run(["bash", "-n", str(script)], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_custom_data_size_is_checked():
+    from infra.custom_data import encode
+
+    assert base64.b64decode(encode("x" * 1000)) == b"x" * 1000
+    with pytest.raises(ValueError, match="Azure allows 65535"):
+        encode("x" * 60000)
