@@ -326,6 +326,9 @@ class WorkersConfig(_Strict):
         for key in ("servicebus", "pool"):
             if key in v:
                 raise ValueError(f"agent.{key} is set by the program (from the queues it creates); remove it")
+        if "worker_id" in v:
+            raise ValueError("agent.worker_id would be shared by every VM of the pool; leave it unset (each "
+                             "worker uses <hostname>-<pid>)")
         return v
 
     @model_validator(mode="after")

@@ -91,6 +91,7 @@ BAD = [
     (linux_config(workers={"subnet_prefix": "10.99.0.0/20"}), "is not inside address_space"),
     (linux_config(workers={"spot_max_price": 0.5}), "spot_max_price needs spot: true"),
     (linux_config(workers={"agent": {"servicebus": {}}}), "agent.servicebus is set by the program"),
+    (linux_config(workers={"agent": {"worker_id": "w1"}}), "agent.worker_id would be shared"),
     (linux_config(workers={"agent": {"execution": {"driver": "chroot"}}}), "not a valid agent config"),
     (linux_config(workers={"agent": {"shutdown_grace_s": 600}}), "must be at least 60 s shorter"),
     (linux_config(workers={"install": {"source": "http://example.com/repo.git"}}), "must be an https:// git URL"),
