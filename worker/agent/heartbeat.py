@@ -1,4 +1,6 @@
-"""Periodic "still running" statuses, so the site's monitor can tell a live task from a lost one."""
+"""Periodic "still alive" statuses (the current state again, ``heartbeat: true``) from ``received`` to the
+final status — long downloads and uploads included — so the site's monitor can tell a live task from
+a lost one."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from typing import Self
 
 from worker.agent.errors import InfrastructureError
 from worker.agent.reporter import TaskReporter
-from worker.protocol import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,6 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.reporter.send(TaskState.RUNNING, heartbeat=True)
+                self.reporter.heartbeat()
             except InfrastructureError as exc:  # a missed heartbeat is not fatal; the final status is
                 log.warning("heartbeat not sent: %s", exc)

@@ -113,8 +113,12 @@ class TaskRun:
         return RunResult(Outcome.COMPLETE, state=state, reason=fields.get("reason"))  # type: ignore[arg-type]
 
     def _run(self) -> RunResult:
-        task, limits_cfg = self.task, self.config.execution.limits
         self.reporter.send(TaskState.RECEIVED)
+        with Heartbeat(self.reporter, self.config.heartbeat_interval_s):
+            return self._run_received()
+
+    def _run_received(self) -> RunResult:
+        task, limits_cfg = self.task, self.config.execution.limits
         signal = cancel_requested(task.control_url)
         if signal is not None:
             return self._final(TaskState.CANCELLED, kill_reason=KillReason.CANCELLED, reason=signal.reason)
@@ -167,7 +171,7 @@ class TaskRun:
             raise
         watcher = CancelWatcher(task.control_url, self.config.cancel_poll_interval_s,
                                 lambda sig: supervisor.kill(KillReason.CANCELLED))
-        with Heartbeat(self.reporter, self.config.heartbeat_interval_s), watcher:
+        with watcher:
             result = supervisor.run()
         streamer.close()  # raises InfrastructureError if the logs cannot be written
         if self._infra_error is not None:

@@ -76,21 +76,32 @@ class TaskReporter:
         self.state: TaskState | None = None
         self.sent: list[Status] = []
 
-    def send(self, state: TaskState, *, heartbeat: bool = False, **fields: Any) -> Status:
+    def heartbeat(self) -> Status | None:
+        """Repeat the current state as a heartbeat; nothing before the first or after the final status."""
+        with self._lock:
+            if self.state is None or self.state.terminal:
+                return None
+            return self._send(self.state, heartbeat=True)
+
+    def send(self, state: TaskState, **fields: Any) -> Status:
         with self._lock:  # seq order == send order, even with the heartbeat thread racing
-            status = Status(
-                task_id=self.task.task_id,
-                attempt=self.task.attempt,
-                seq=self._seq,
-                state=state,
-                heartbeat=heartbeat,
-                worker_id=self.worker_id,
-                host=self.host if not self.sent else None,
-                **fields,
-            )
-            self._sender.send(self.task.reply_to, status)
-            self._seq += 1
-            self.state = state
+            return self._send(state, **fields)
+
+    def _send(self, state: TaskState, *, heartbeat: bool = False, **fields: Any) -> Status:
+        status = Status(
+            task_id=self.task.task_id,
+            attempt=self.task.attempt,
+            seq=self._seq,
+            state=state,
+            heartbeat=heartbeat,
+            worker_id=self.worker_id,
+            host=self.host if not self.sent else None,
+            **fields,
+        )
+        self._sender.send(self.task.reply_to, status)
+        self._seq += 1
+        self.state = state
+        if len(self.sent) < 1000:  # the first statuses, for tests and debugging; heartbeats are endless
             self.sent.append(status)
-            log.debug("status %s seq=%d %s", state.value, status.seq, "(heartbeat)" if heartbeat else "")
-            return status
+        log.debug("status %s seq=%d%s", state.value, status.seq, " (heartbeat)" if heartbeat else "")
+        return status
