@@ -16,10 +16,19 @@ if TYPE_CHECKING:
 
 
 def run_agent(config: AgentConfig, stop_event: threading.Event | None = None) -> int:
-    """Run until ``stop_event`` is set; then finish (or hand back) the current task. Returns 0."""
-    from worker.agent.worker import Agent
+    """Run until ``stop_event`` is set; then finish (or hand back) the current task. Returns 0, or 2
+    when the configured execution driver cannot run on this host."""
+    import logging
 
-    return Agent(config, stop_event).run()
+    from worker.agent.worker import Agent
+    from worker.execution.base import DriverUnavailable
+
+    try:
+        agent = Agent(config, stop_event)
+    except DriverUnavailable as exc:
+        logging.getLogger(__name__).error("execution driver unavailable: %s", exc)
+        return 2
+    return agent.run()
 
 
 __all__ = ["run_agent"]

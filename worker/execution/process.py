@@ -159,7 +159,7 @@ class ProcessExecution(Execution):
             if proc.pid in found or proc.pid == me:
                 continue
             try:
-                in_session = os.getsid(proc.pid) == self._sid
+                in_session = hasattr(os, "getsid") and os.getsid(proc.pid) == self._sid
             except OSError:
                 continue
             if in_session or _has_token(proc, marker):
@@ -175,16 +175,17 @@ class ProcessExecution(Execution):
 
     def _kill_tree(self) -> None:
         for _ in range(_KILL_ROUNDS):
-            try:
-                os.killpg(self._sid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            if hasattr(os, "killpg"):  # POSIX; on Windows the psutil sweep below does the work
+                try:
+                    os.killpg(self._sid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             victims = self.remaining()
             if not victims:
                 return
             for proc in victims:
                 try:
-                    proc.send_signal(signal.SIGKILL)
+                    proc.kill()  # SIGKILL on POSIX, TerminateProcess on Windows
                 except psutil.Error:
                     pass
             psutil.wait_procs(victims, timeout=1)
