@@ -57,6 +57,21 @@ class TaskDirs:
                              network=network, env=env)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="module")
+def bwrap_driver():
+    """One bwrap driver per module, its pooled loop disks outside every test's work directory."""
+    from worker.execution.bwrap import BwrapDriver
+
+    if not HAVE_BWRAP:
+        pytest.skip("bubblewrap not installed")
+    disk_dir = Path(tempfile.mkdtemp(prefix="pool-sandbox-disks-", dir="/var/tmp"))
+    driver = BwrapDriver(disk_dir=disk_dir)
+    driver.check_available()
+    yield driver
+    driver.disks.close()
+    shutil.rmtree(disk_dir, ignore_errors=True)
+
+
 @pytest.fixture
 def work_root() -> Iterator[Path]:
     """A work directory like the agent's: traversable (0711) so the sandbox uid can reach bind sources."""

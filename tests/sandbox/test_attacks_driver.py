@@ -31,12 +31,10 @@ PY = "/usr/bin/python3"
 
 
 @pytest.fixture(scope="module")
-def driver() -> BwrapDriver:
-    d = BwrapDriver()
-    d.check_available()
-    if d.cgroup_host.version == "none":
-        pytest.skip(f"no usable cgroups here: {d.cgroup_host.why}")
-    return d
+def driver(bwrap_driver) -> BwrapDriver:
+    if bwrap_driver.cgroup_host.version == "none":
+        pytest.skip(f"no usable cgroups here: {bwrap_driver.cgroup_host.why}")
+    return bwrap_driver
 
 
 @pytest.fixture

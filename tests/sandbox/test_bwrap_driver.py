@@ -16,10 +16,12 @@ pytestmark = [needs_bwrap]
 
 
 @pytest.fixture(scope="module")
-def driver() -> BwrapDriver:
-    d = get_driver("bwrap")
-    d.check_available()
-    return d  # type: ignore[return-value]
+def driver(bwrap_driver) -> BwrapDriver:
+    return bwrap_driver
+
+
+def test_registry_gives_the_bwrap_driver():
+    assert isinstance(get_driver("bwrap"), BwrapDriver)
 
 
 def test_runs_a_program_in_scratch_and_collects_output(driver, make_task):
@@ -67,9 +69,15 @@ def test_cleans_up_cgroups_mounts_and_state(driver, make_task):
     run = execution.result()
     assert run.exit_code == 0
     assert not any(p.parent.exists() for p in cg.procs_files)
+    assert execution.disk is None
+    # The disk went back to the pool, emptied; closing the pool unmounts it and deletes its image.
+    assert disk in driver.disks._idle
+    assert sorted(os.listdir(disk.mountpoint)) == ["output", "scratch"]
+    assert not os.listdir(disk.path("scratch")) and not os.listdir(disk.path("output"))
+    assert not list(task.root.glob(".sandbox*"))  # nothing of the driver's inside the task directory
+    driver.disks.close()
     assert str(disk.mountpoint) not in Path("/proc/self/mounts").read_text()
-    assert not list(task.root.parent.glob(f"{task.task_id}/.sandbox-*"))
-    assert not list(task.root.glob(".sandbox-*"))
+    assert not disk.image.exists()
 
 
 def test_file_inputs_and_readonly_mounts(driver, make_task):

@@ -6,7 +6,7 @@ Exec chain, each step replacing the previous one (same pid, nothing forked in be
       ->  bwrap (fresh user/pid/ipc/uts/net/mount/cgroup namespaces, seccomp)  ->  the program
 
 Inside: a tmpfs root with read-only system directories, a curated read-only /etc (no agent config,
-a synthesized passwd), read-only program/inputs, writable scratch (cwd) and output, a size-capped
+a synthesized passwd: :mod:`worker.execution.etc`), read-only program/inputs, writable scratch (cwd) and output, a size-capped
 private /tmp, a fresh /proc and minimal /dev, no network unless the task opted in (see
 :mod:`worker.execution.netfilter`), uid/gid 65534, no capabilities, no_new_privs, a new session (no
 controlling tty). The pid namespace dies with its init, so nothing the program started survives it.
@@ -15,9 +15,9 @@ What is really enforced on this host is listed by :meth:`BwrapDriver.enforced_li
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -35,6 +35,7 @@ from worker.execution.base import (
     ExecutionResult,
     ExecutionSpec,
 )
+from worker.execution.etc import EtcSnapshot
 from worker.protocol import KillReason
 
 # Where the task's directories appear inside: the agent mounts program/ and inputs/ at
@@ -44,13 +45,6 @@ SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-# /etc entries programs need; everything else under /etc (the agent's config among it) stays hidden.
-ETC_ENTRIES = (
-    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
-    "ca-certificates.conf", "nsswitch.conf", "hosts", "host.conf", "gai.conf", "localtime", "timezone",
-    "mime.types", "os-release", "debian_version", "lsb-release", "protocols", "services", "fonts",
-    "locale.alias", "python3", "matplotlibrc",
-)
 GPU_NODE_RE = re.compile(r"^nvidia\d+$")
 GPU_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 _JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -89,6 +83,7 @@ class BwrapDriver(ExecutionDriver):
         extra_ro_paths: tuple[str, ...] | list[str] = (),  # e.g. /opt/conda for competition images
         network_blocked_cidrs: tuple[str, ...] | list[str] = (),  # beyond loopback/IMDS, e.g. the VNet
         dev_root: str | Path = "/dev",
+        disk_dir: str | Path | None = None,  # default: <work_dir>/.sandbox-disks (next to the task dirs)
         **_ignored: Any,  # options meant for other drivers (image, ...)
     ) -> None:
         if disk not in ("auto", "loop", "tmpfs", "none"):
@@ -107,6 +102,11 @@ class BwrapDriver(ExecutionDriver):
         self.extra_ro_paths = tuple(extra_ro_paths)
         self.network_blocked_cidrs = tuple(network_blocked_cidrs)
         self.dev_root = Path(dev_root)
+        self._disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self.disks = scratchfs.DiskPool()
+        self.etc = EtcSnapshot(f"{SANDBOX_ROOT}/scratch", SANDBOX_UID, SANDBOX_GID,
+                               base=Path("/run/pool-sandbox") if self.is_root and Path("/run").is_dir() else None)
+        atexit.register(self.etc.close)
         self._network_ready: bool | None = None
         self._lock = threading.Lock()
 
@@ -158,6 +158,11 @@ class BwrapDriver(ExecutionDriver):
             out["cgroups"] = f"none usable: {self.cgroup_host.why}"
         return out
 
+    def disk_dir(self, spec: ExecutionSpec) -> Path:
+        """Where the loop disks' images and mount points live: outside every task directory (the
+        agent deletes those, and must never descend into a mounted disk)."""
+        return self._disk_dir or spec.scratch_dir.parent.parent / ".sandbox-disks"
+
     # -- start -------------------------------------------------------------------------------------
     def _ensure_network_guard(self) -> None:
         with self._lock:
@@ -187,7 +192,6 @@ class BwrapExecution(Execution):
         self._detail: str | None = None
         self._result: ExecutionResult | None = None
         self._fds: list[int] = []
-        self._state = spec.scratch_dir.parent / f".sandbox-{spec.task_id}-{uuid.uuid4().hex[:8]}"
         self.cgroup: cgroups.TaskCgroup | None = None
         self.disk: scratchfs.ScratchDisk | None = None
         try:
@@ -218,8 +222,7 @@ class BwrapExecution(Execution):
         name = f"pool-{spec.task_id}-{uuid.uuid4().hex[:8]}"
         self.cgroup = d.cgroup_host.create(name, lim)
         if d.disk == "loop" and lim.scratch_bytes is not None:
-            self.disk = scratchfs.ScratchDisk(self._state, lim.scratch_bytes)
-            self.disk.create(d.host_uid, d.host_gid)
+            self.disk = d.disks.acquire(d.disk_dir(spec), lim.scratch_bytes, d.host_uid, d.host_gid)
         if d.is_root:
             for path in (spec.scratch_dir, spec.output_dir):
                 path.mkdir(parents=True, exist_ok=True)
@@ -231,13 +234,6 @@ class BwrapExecution(Execution):
         if self.driver.is_root:
             _check_traversable(path, self.driver.host_uid)
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        self._fds.append(fd)
-        return fd
-
-    def _data_fd(self, data: bytes) -> int:
-        fd = os.memfd_create("pool-sandbox-data", 0)
-        os.write(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
         self._fds.append(fd)
         return fd
 
@@ -265,14 +261,7 @@ class BwrapExecution(Execution):
                 b += ["--symlink", os.readlink(p), path]
             elif p.exists():
                 b += ["--ro-bind", path, path]
-        for entry in ETC_ENTRIES + (("resolv.conf",) if spec.network else ()):
-            if Path("/etc", entry).exists():
-                b += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
-        passwd = f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:" \
-                 f"{SANDBOX_ROOT}/scratch:/bin/sh\n"
-        group = f"root:x:0:\nsandbox:x:{SANDBOX_GID}:\n"
-        b += ["--perms", "0644", "--ro-bind-data", str(self._data_fd(passwd.encode())), "/etc/passwd",
-              "--perms", "0644", "--ro-bind-data", str(self._data_fd(group.encode())), "/etc/group"]
+        b += ["--ro-bind", str(d.etc.path(spec.network)), "/etc"]  # curated copy: no agent config
         b += ["--proc", "/proc", "--dev", "/dev"]
         tmp_size = str(lim.tmp_bytes) if lim.tmp_bytes is not None else None
         for tmp in ("/tmp", "/dev/shm"):
@@ -298,7 +287,8 @@ class BwrapExecution(Execution):
         # to RAM outside every cap); /tmp, /dev/shm, scratch and output are separate mounts.
         b += ["--remount-ro", "/", "--remount-ro", "/dev"]
         env = {"PATH": DEFAULT_PATH, "HOME": scratch, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
-               "USER": "sandbox", "LOGNAME": "sandbox", **spec.env}
+               "USER": "sandbox", "LOGNAME": "sandbox",
+               "PYTHONUNBUFFERED": "1", "POOL_TASK_ID": spec.task_id, **spec.env}  # as the process driver
         for key, value in env.items():
             b += ["--setenv", key, value]
         if d.use_seccomp:
@@ -394,8 +384,8 @@ class BwrapExecution(Execution):
             except cgroups.CgroupError:
                 pass  # a leftover empty cgroup is harmless; the next detect() does not depend on it
         if self.disk is not None:
-            self.disk.destroy()
-        shutil.rmtree(self._state, ignore_errors=True)
+            self.driver.disks.release(self.disk, self.driver.host_uid, self.driver.host_gid)
+            self.disk = None
 
 
 def _check_traversable(path: Path, uid: int) -> None:

@@ -30,15 +30,16 @@ def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
     rows: list[tuple[str, bool, str]] = []
     try:
         os.chmod(root, 0o711)
+        task = root / "work" / "check"  # <work_dir>/<task>: drivers keep their own state in <work_dir>
         for sub in ("program", "inputs", "scratch", "output"):
-            (root / sub).mkdir()
-        (root / "program" / "hello.txt").write_text("hello\n")
-        os.chmod(root / "program" / "hello.txt", 0o444)
-        os.chmod(root / "program", 0o555)
+            (task / sub).mkdir(parents=True)
+        (task / "program" / "hello.txt").write_text("hello\n")
+        os.chmod(task / "program" / "hello.txt", 0o444)
+        os.chmod(task / "program", 0o555)
         spec = ExecutionSpec(
-            task_id="sandbox-check", argv=["/bin/sh", "-c", SELF_TEST], scratch_dir=root / "scratch",
-            output_dir=root / "output",
-            mounts=[Mount(root / "program", "/task/program"), Mount(root / "inputs", "/task/inputs")],
+            task_id="sandbox-check", argv=["/bin/sh", "-c", SELF_TEST], scratch_dir=task / "scratch",
+            output_dir=task / "output",
+            mounts=[Mount(task / "program", "/task/program"), Mount(task / "inputs", "/task/inputs")],
             limits=Limits(wall_time_s=30, memory_bytes=256 * 1024**2, max_processes=64, scratch_bytes=64 * 1024**2,
                           tmp_bytes=16 * 1024**2, open_files=256, file_size_bytes=64 * 1024**2),
         )
@@ -53,13 +54,16 @@ def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
             rows.append(("unprivileged uid", uid != "0", f"uid {uid} inside"))
         rows.append(("program/ read-only", "program read-only" in lines, ""))
         rows.append(("program/ readable", "program readable" in lines, ""))
-        rows.append(("output collected", (root / "output" / "ok.txt").exists(), ""))
+        rows.append(("output collected", (task / "output" / "ok.txt").exists(), ""))
         if isolated:
             rows.append(("cwd is /task/scratch", "cwd /task/scratch" in lines, next(
                 (ln for ln in lines if ln.startswith("cwd ")), "")))
     except Exception as exc:  # noqa: BLE001 - the self-test reports any failure, it does not crash
         rows.append(("program ran", False, f"{type(exc).__name__}: {exc}"))
     finally:
+        disks = getattr(driver, "disks", None)
+        if disks is not None:  # unmount pooled scratch disks before deleting anything
+            disks.close()
         for dirpath, dirnames, _ in os.walk(root):
             for d in dirnames:
                 os.chmod(os.path.join(dirpath, d), 0o755)
