@@ -115,7 +115,8 @@ def test_cancelled_before_start_never_runs(pool):
     pool.send(task)
     final = pool.collector.wait_terminal(task.task_id)
     assert final.state is S.CANCELLED
-    assert states(pool.collector.of(task.task_id)) == [S.RECEIVED, S.CANCELLED]
+    assert states(pool.collector.of(task.task_id)) == [S.RECEIVED, S.PREPARING, S.CANCELLED]
+    assert pool.log(task) == b""
 
 
 def test_invalid_tasks_dead_lettered_and_worker_continues(pool):

@@ -23,6 +23,7 @@ import enum
 import logging
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,16 +120,20 @@ class TaskRun:
 
     def _run_received(self) -> RunResult:
         task, limits_cfg = self.task, self.config.execution.limits
-        signal = cancel_requested(task.control_url)
-        if signal is not None:
-            return self._final(TaskState.CANCELLED, kill_reason=KillReason.CANCELLED, reason=signal.reason)
-
         self.reporter.send(TaskState.PREPARING)
         streamer = LogStreamer(blobs.AppendBlob(task.stdout_url), blobs.AppendBlob(task.stderr_url),
                                cap_bytes=limits_cfg.log_bytes, interval_s=self.config.log_flush_interval_s,
                                on_failure=self._storage_failed)
-        streamer.create()
-        self.workspace.create()
+        # Independent round trips, overlapped: the cancel check and creating the two log blobs.
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="prepare") as pool:
+            cancelled = pool.submit(cancel_requested, task.control_url)
+            created = [pool.submit(stream.blob.create) for stream in streamer.streams.values()]
+            self.workspace.create()
+            signal = cancelled.result()
+            for future in created:
+                future.result()  # raises InfrastructureError if storage is unreachable
+        if signal is not None:  # cancelled while queued: never runs
+            return self._final(TaskState.CANCELLED, kill_reason=KillReason.CANCELLED, reason=signal.reason)
         limits = effective_limits(task, self.config)
         try:
             self.workspace.prepare(task, self.cache, limits.scratch_bytes or limits_cfg.scratch_bytes or 2**62)
