@@ -80,3 +80,22 @@ def test_message_body_shapes():
     with pytest.raises(ProtocolError) as info:
         message_body(FakeMessage({"a": 1}))
     assert info.value.reason == "MalformedMessage"
+
+
+def test_workspace_bundles_become_read_only_for_everyone(tmp_path):
+    import os
+    import stat
+
+    from worker.agent.workspace import Workspace, make_read_only, remove_tree
+
+    ws = Workspace(tmp_path / "work", make_task())
+    ws.create()
+    (ws.program / "sub").mkdir()
+    secret = ws.program / "sub" / "run.sh"
+    secret.write_text("echo")
+    os.chmod(secret, 0o700)
+    make_read_only(ws.program)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o544
+    assert stat.S_IMODE((ws.program / "sub").stat().st_mode) == 0o555
+    remove_tree(ws.root)  # read-only directories are removed all the same
+    assert not ws.root.exists()

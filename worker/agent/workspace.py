@@ -75,12 +75,18 @@ class Workspace:
 
 
 def make_read_only(root: Path) -> None:
-    """Permissions only (the process driver); sandboxed drivers also mount these read-only."""
+    """No write bits, read (and directory search) for everyone: a sandbox may run the program under
+    another uid. Permissions are all the process driver has; sandboxed drivers also mount these
+    read-only."""
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + dirnames:
+        for name in dirnames:
             path = os.path.join(dirpath, name)
             if not os.path.islink(path):
-                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & ~0o222)
+                os.chmod(path, 0o555)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, (stat.S_IMODE(os.lstat(path).st_mode) & ~0o222) | 0o444)
     os.chmod(root, 0o555)
 
 
