@@ -93,6 +93,15 @@ def _touch_worker(session: Session, row: TaskRow, status: protocol.Status, now: 
     worker.current_task = None if status.state.terminal else row.id
 
 
+def _prefetched(receiver: ServiceBusReceiver) -> int:
+    """Messages the SDK already holds for this receiver (a private attribute of azure-servicebus
+    7.15's pyamqp transport; 0 when it is not there, which only costs batching)."""
+    try:
+        return int(receiver._handler._received_messages.qsize())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        return 0
+
+
 @dataclass
 class WatcherStats:
     received: int = 0
@@ -143,7 +152,12 @@ class Watcher:
                                                prefetch_count=self.batch) as receiver:
                     backoff = 0.5
                     while not self.stop_event.is_set():
-                        messages = receiver.receive_messages(max_message_count=self.batch, max_wait_time=self.wait_s)
+                        # One message as soon as it arrives, then exactly what is already prefetched:
+                        # asking the SDK for more than it holds waits ~200 ms for further messages.
+                        messages = receiver.receive_messages(max_message_count=1, max_wait_time=self.wait_s)
+                        more = min(_prefetched(receiver), self.batch - 1)
+                        if messages and more > 0:
+                            messages += receiver.receive_messages(max_message_count=more, max_wait_time=1)
                         if messages:
                             self.handle(receiver, messages)
             except Exception as exc:  # noqa: BLE001 - reconnect with backoff, never die
