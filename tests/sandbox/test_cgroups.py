@@ -105,3 +105,31 @@ def test_v1_or_v2_for_real_on_this_host():
     finally:
         cg.remove()
     assert not any(p.parent.exists() for p in cg.procs_files)
+
+
+@needs_root
+def test_sweep_removes_a_dead_agents_cgroups_only():
+    host = cgroups.detect()
+    if host.version == "none":
+        pytest.skip(f"no usable cgroups: {host.why}")
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()
+    stale = host.create(f"pool-{dead.pid}-t1-abc", LIMITS)
+    mine = host.create(cgroups.task_cgroup_name("t2", "def"), LIMITS)
+    assert stale is not None and mine is not None
+    straggler = subprocess.Popen(["/bin/sh", "-c", 'for f; do echo $$ > "$f"; done; exec sleep 60', "sh",
+                                  *map(str, stale.procs_files)])
+    try:
+        deadline = time.monotonic() + 5
+        while straggler.pid not in stale.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        removed = host.sweep_stale()
+        assert {p.name for p in removed} == {f"pool-{dead.pid}-t1-abc"}
+        assert straggler.wait(timeout=5) == -9
+        assert not any(p.parent.exists() for p in stale.procs_files)
+        assert all(p.parent.exists() for p in mine.procs_files)
+    finally:
+        straggler.kill()
+        straggler.wait()
+        mine.remove()
+        stale.remove()

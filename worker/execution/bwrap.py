@@ -98,6 +98,7 @@ class BwrapDriver(ExecutionDriver):
         if self.disk == "loop" and loop_problem:
             raise DriverUnavailable(f"disk=loop is not possible here: {loop_problem}")
         self.cgroup_host = cgroups.detect() if use_cgroups else cgroups.CgroupHost("none", why="disabled")
+        self.cgroup_host.sweep_stale()  # a crashed agent's leftovers
         self.use_seccomp = use_seccomp and seccomp.supported()
         self.extra_ro_paths = tuple(extra_ro_paths)
         self.network_blocked_cidrs = tuple(network_blocked_cidrs)
@@ -219,7 +220,7 @@ class BwrapExecution(Execution):
     def _prepare(self) -> None:
         d, spec = self.driver, self.spec
         lim = spec.limits
-        name = f"pool-{spec.task_id}-{uuid.uuid4().hex[:8]}"
+        name = cgroups.task_cgroup_name(spec.task_id, uuid.uuid4().hex[:8])
         self.cgroup = d.cgroup_host.create(name, lim)
         if d.disk == "loop" and lim.scratch_bytes is not None:
             self.disk = d.disks.acquire(d.disk_dir(spec), lim.scratch_bytes, d.host_uid, d.host_gid)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,22 @@ from worker.execution.base import Limits
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpuacct")
+STALE_NAME_RE = re.compile(r"^pool-(\d+)-")
+
+
+def task_cgroup_name(task_id: str, unique: str) -> str:
+    """Task cgroups carry the agent's pid, so a later agent can tell a dead one's leftovers."""
+    return f"pool-{os.getpid()}-{task_id}-{unique}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class CgroupError(OSError):
@@ -91,6 +108,31 @@ class CgroupHost:
         if self.version == "v1":
             return CgroupV1({c: p / name for c, p in self.v1_parents.items()}, limits)
         return None
+
+    def parents(self) -> list[Path]:
+        if self.version == "v2" and self.v2_parent is not None:
+            return [self.v2_parent]
+        return list(self.v1_parents.values()) if self.version == "v1" else []
+
+    def sweep_stale(self) -> list[Path]:
+        """Remove task cgroups left by an agent that died (named ``pool-<agent pid>-...``, that pid
+        gone): kill what is left in them, then rmdir. Live agents' cgroups are never touched."""
+        removed = []
+        for parent in self.parents():
+            try:
+                children = [p for p in parent.iterdir() if p.is_dir()]
+            except OSError:
+                continue
+            for child in children:
+                match = STALE_NAME_RE.match(child.name)
+                if not match or _pid_alive(int(match.group(1))):
+                    continue
+                try:
+                    _StaleCgroup(child).remove()
+                    removed.append(child)
+                except CgroupError:
+                    pass
+        return removed
 
     def describe(self) -> dict[str, str]:
         """Which limit each mechanism covers (for enforced_limits)."""
@@ -319,3 +361,27 @@ class CgroupV1(TaskCgroup):
             self.kill_all()
         for path in self.paths.values():
             self._rmdir(path)
+
+
+class _StaleCgroup(TaskCgroup):
+    """A leftover cgroup directory (one controller), only to empty and remove it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.procs_files = [path / "cgroup.procs"]
+
+    def oom_kills(self) -> int:
+        return 0
+
+    def pids_refused(self) -> int:
+        return 0
+
+    def cpu_seconds(self) -> float | None:
+        return None
+
+    def pids(self) -> list[int]:
+        return [int(p) for p in _read(self.path / "cgroup.procs").split()]
+
+    def remove(self) -> None:
+        self.kill_all()
+        self._rmdir(self.path, timeout=2.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -97,12 +98,45 @@ class ScratchDisk:
             self.mounted = False
         self.image.unlink(missing_ok=True)
         shutil.rmtree(self.base, ignore_errors=True)
+        _LIVE.discard(self.base)
 
     @staticmethod
     def _run(argv: list[str]) -> None:
         proc = subprocess.run(argv, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             raise OSError(f"{' '.join(argv[:2])} failed: {proc.stderr.strip() or proc.returncode}")
+
+
+_LIVE: set[Path] = set()  # disk directories made by this process (never swept)
+_SWEPT: set[Path] = set()
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root) + "/"
+    found = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 1:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+            if point.startswith(prefix):
+                found.append(point)
+    return found
+
+
+def sweep(state_dir: Path) -> list[str]:
+    """Unmount and delete the disks a crashed earlier agent left in ``state_dir`` (not this
+    process's own). Returns what it removed."""
+    removed = []
+    for point in _mounts_under(state_dir):
+        if Path(point).parent not in _LIVE:
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+            removed.append(point)
+    if state_dir.is_dir():
+        for entry in state_dir.iterdir():
+            if entry not in _LIVE:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+    return removed
 
 
 class DiskPool:
@@ -124,9 +158,14 @@ class DiskPool:
                 if disk.size_bytes == size_bytes and disk.base.parent == state_dir:
                     self._idle.remove(disk)
                     return disk
+            if state_dir not in _SWEPT:
+                _SWEPT.add(state_dir)
+                sweep(state_dir)
+            base = state_dir / uuid.uuid4().hex[:12]
+            _LIVE.add(base)
         state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         os.chmod(state_dir, 0o711)  # bwrap (as the sandbox uid) traverses it to the bind sources
-        disk = ScratchDisk(state_dir / uuid.uuid4().hex[:12], size_bytes)
+        disk = ScratchDisk(base, size_bytes)
         try:
             disk.create(uid, gid)
         except BaseException:
