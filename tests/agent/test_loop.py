@@ -198,3 +198,14 @@ def test_stop_event_hands_back_a_task_past_the_grace(pool):
     assert not any(s.state.terminal for s in pool.collector.of(task.task_id))
     back = pool.task_messages(wait=3)
     assert [m.message_id for m in back] == [task.message_id]
+
+
+def test_log_cap_marker_and_flood_kill(pool):
+    task = pool.python("import sys\nwhile True: sys.stdout.write('x' * 4096)")
+    pool.start_agent(execution={"limits": {"log_bytes": 10_000}})
+    pool.send(task)
+    final = pool.collector.wait_terminal(task.task_id, timeout=20)
+    assert final.state is S.FAILED and final.kill_reason is KillReason.OUTPUT
+    log = pool.log(task)
+    assert log.startswith(b"x" * 10_000) and log[10_000:].startswith(b"\n[pool-agent] stdout truncated")
+    assert len(log) < 10_200
