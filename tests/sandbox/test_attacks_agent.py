@@ -318,3 +318,16 @@ def test_closing_stdout_and_writing_to_the_tty(stack, healthy):
     err = logs(stack, task, "stderr")
     assert "no tty" in err and "still here" in err
     healthy()
+
+
+def test_output_symlink_to_the_agents_config_uploads_no_secret(stack, healthy):
+    config = stack.data_dir / "agents" / WORKER / "config.yaml"
+    script = f"ln -s {config} ../output/config.yaml; ln -s /etc/shadow ../output/shadow; echo x > ../output/real.txt"
+    task = run(stack, ["sh", "-c", script])
+    assert task.state == "finished", task.reason
+    with tarfile.open(fileobj=io.BytesIO(stack.site.storage.read_output(POOL, task.id, 1))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["config.yaml"].issym() and members["config.yaml"].linkname == str(config)
+        assert members["shadow"].issym()
+        assert tar.extractfile("real.txt").read() == b"x\n"
+    healthy()
