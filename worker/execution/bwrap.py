@@ -16,6 +16,7 @@ What is really enforced on this host is listed by :meth:`BwrapDriver.enforced_li
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import signal
@@ -40,6 +41,7 @@ from worker.protocol import KillReason
 
 # Where the task's directories appear inside: the agent mounts program/ and inputs/ at
 # <root>/program and <root>/inputs, and programs rely on ../output from their working directory.
+log = logging.getLogger(__name__)
 SANDBOX_ROOT = "/task"
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -366,6 +368,9 @@ class BwrapExecution(Execution):
         try:
             if self.disk is not None:
                 scratchfs.move_contents(self.disk.path("output"), self.spec.output_dir)
+        except OSError as exc:  # e.g. the host disk is full: report it, never lose the result
+            log.error("task %s: copying output/ off its disk failed: %s", self.spec.task_id, exc)
+            detail = f"{detail + '; ' if detail else ''}output/ could not be copied off the task disk: {exc}"
         finally:
             self._cleanup()
         self._result = ExecutionResult(exit_code=exit_code, signal=sig, kill_reason=reason,
