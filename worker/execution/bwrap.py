@@ -39,9 +39,10 @@ from worker.execution.base import (
 from worker.execution.etc import EtcSnapshot
 from worker.protocol import KillReason
 
+log = logging.getLogger(__name__)
+
 # Where the task's directories appear inside: the agent mounts program/ and inputs/ at
 # <root>/program and <root>/inputs, and programs rely on ../output from their working directory.
-log = logging.getLogger(__name__)
 SANDBOX_ROOT = "/task"
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
