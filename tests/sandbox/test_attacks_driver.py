@@ -228,7 +228,6 @@ def test_opt_in_network_still_cannot_reach_loopback(driver, make_task, loopback_
         from worker.execution import netfilter
 
         netfilter.remove()
-        driver._network_ready = None
     lines = dict(line.split(" ", 1) for line in ran.out.splitlines())
     assert lines["127.0.0.1"].startswith("refused") and lines["127.0.0.2"].startswith("refused")
     assert lines[others[0]] == "CONNECTED"  # outbound works: the network really was opted in

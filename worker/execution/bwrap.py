@@ -111,7 +111,6 @@ class BwrapDriver(ExecutionDriver):
         self.etc = EtcSnapshot(f"{SANDBOX_ROOT}/scratch", SANDBOX_UID, SANDBOX_GID,
                                base=Path("/run/pool-sandbox") if self.is_root and Path("/run").is_dir() else None)
         atexit.register(self.etc.close)
-        self._network_ready: bool | None = None
         self._lock = threading.Lock()
 
     # -- facts -------------------------------------------------------------------------------------
@@ -169,17 +168,16 @@ class BwrapDriver(ExecutionDriver):
 
     # -- start -------------------------------------------------------------------------------------
     def _ensure_network_guard(self) -> None:
+        """(Re)install the nftables rules before every task with network: idempotent and atomic, and
+        a flushed ruleset is caught before the task can use it."""
+        if not self.is_root:
+            raise ValueError("this task asks for network, but the agent is not root, so the "
+                             "sandbox cannot be kept off the host's loopback services: refused")
         with self._lock:
-            if self._network_ready:
-                return
-            if not self.is_root:
-                raise ValueError("this task asks for network, but the agent is not root, so the "
-                                   "sandbox cannot be kept off the host's loopback services: refused")
             try:
                 netfilter.install(self.host_uid, list(self.network_blocked_cidrs))
             except (netfilter.NetfilterError, ValueError) as exc:
                 raise ValueError(f"this task asks for network but the guard rules failed: {exc}") from None
-            self._network_ready = True
 
     def start(self, spec: ExecutionSpec) -> BwrapExecution:
         if spec.network:
