@@ -51,7 +51,7 @@ class Env:
 
 
 @pytest.fixture
-def env(emulator, azurite, tmp_path):
+def env(emulator, azurite, db_url):  # db_url: SQLite and PostgreSQL (tests/site/conftest.py)
     competition = f"c{uuid.uuid4().hex[:10]}"
     task_queue, response_queue = competition_queues(competition)
     keys = {k: generate_key() for k in ("wl", "st", "ws", "sr")}
@@ -60,7 +60,7 @@ def env(emulator, azurite, tmp_path):
                                     {"name": "site", "key": keys["st"], "rights": ["Send", "Listen"]}])
     emulator.create_queue(response_queue, policies=[{"name": "worker", "key": keys["ws"], "rights": ["Send"]},
                                                     {"name": "site", "key": keys["sr"], "rights": ["Listen"]}])
-    settings = SiteSettings(database_url=f"sqlite:///{tmp_path / 'site.db'}",
+    settings = SiteSettings(database_url=db_url,
                             storage_connection_string=azurite.connection_string, lost_after_s=30)
     site = Site(settings)
     with transaction(site.sessions) as s:

@@ -128,13 +128,17 @@ def competition_create(
         raise _fail(str(exc), 2) from None
     if azure:
         try:
-            from worker.site.provisioning import create_competition_stack
-        except ImportError:
-            raise _fail("the Azure provisioning module (worker.site.provisioning) is not installed in this "
-                        "build") from None
-        outputs = create_competition_stack(name, config_file=stack_config, stack=stack, on_output=typer.echo)
-        for key, value in sorted(outputs.items()):
-            typer.echo(f"{key}: {value}")
+            from worker.site import provisioning
+        except ImportError as exc:
+            raise _fail(f"the Azure path needs the infra extra (pip install 'compute-pools[infra]'): {exc}") from None
+        try:
+            outputs = provisioning.create_competition_stack(name, config_file=stack_config, stack=stack,
+                                                            on_output=typer.echo)
+        except (ConfigError, provisioning.ProvisioningError) as exc:
+            raise _fail(str(exc)) from None
+        secret = getattr(provisioning, "SECRET_OUTPUTS", frozenset())
+        for key, value in sorted(outputs.items()):  # the site's connection strings are not printed
+            typer.echo(f"{key}: {'(secret: read it with `pulumi stack output --show-secrets`)' if key in secret else value}")
         return
     from worker.local.competition import create_local_competition
     from worker.local.emulator_admin import EmulatorAdminError

@@ -88,7 +88,7 @@ def run_demo(data_dir: str | Path, *, workers: int = 3, driver: str = "process",
         console.print(f"starting the local stack in {Path(data_dir).resolve()} ({workers} agents, {driver} driver)...")
         try:
             stack = LocalStack(data_dir, workers=workers, driver=driver, competitions=(COMPETITION,),
-                               on_output=lambda _line: None).start()
+                               agent_pools=(COMPETITION,), on_output=lambda _line: None).start()
         except (StackError, RuntimeError) as exc:
             console.print(f"[red]error:[/] the local stack did not start: {exc}")
             return 1

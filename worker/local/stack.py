@@ -74,6 +74,7 @@ class LocalStack:
         competitions: tuple[str, ...] = (DEFAULT_COMPETITION,),
         heartbeat_interval_s: float = 2.0,
         lost_after_s: float = 30.0,
+        agent_pools: tuple[str, ...] | None = None,
         on_output: Callable[[str], None] = print,
     ) -> None:
         if workers < 0:
@@ -84,6 +85,7 @@ class LocalStack:
         self.competitions = competitions
         self.heartbeat_interval_s = heartbeat_interval_s
         self.lost_after_s = lost_after_s
+        self.agent_pools = agent_pools  # None: every pool gets agents
         self.say = on_output
         self.emulator = None  # worker.emulator.launcher.EmulatorProcess
         self.azurite: AzuriteProcess | None = None
@@ -239,6 +241,8 @@ class LocalStack:
         profile = load_profile(self.data_dir, require_running=False)
         self.profile = profile
         for name, info in profile.pools.items():
+            if self.agent_pools is not None and name not in self.agent_pools:
+                continue
             agents = self.agents.setdefault(name, [])
             while len(agents) < self.workers:
                 agent = self.agent_config(name, len(agents), info)
