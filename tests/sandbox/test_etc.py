@@ -38,3 +38,14 @@ def test_snapshot_copies_only_listed_entries_and_refreshes(tmp_path):
     assert (refreshed / "ld.so.cache").read_text() == "v2"
     snap.close()
     assert not refreshed.exists() and not online.exists()
+
+
+def test_unwritable_base_falls_back_to_the_temp_dir(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    snap = EtcSnapshot("/task/scratch", 65534, 65534, source=tmp_path / "etc", base=blocker / "sub")
+    path = snap.path(network=False)
+    assert (path / "hosts").exists() and not str(path).startswith(str(blocker))
+    snap.close()

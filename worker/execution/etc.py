@@ -57,9 +57,13 @@ class EtcSnapshot:
             return target
 
     def _build(self, entries: tuple[str, ...]) -> Path:
-        if self.base is not None:
-            self.base.mkdir(parents=True, exist_ok=True)
-        target = Path(tempfile.mkdtemp(prefix="pool-sandbox-etc-", dir=self.base))
+        base = self.base
+        if base is not None:
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+            except OSError:  # e.g. /run read-only under systemd's ProtectSystem=strict
+                base = None
+        target = Path(tempfile.mkdtemp(prefix="pool-sandbox-etc-", dir=base))
         for name in entries:
             src = self.source / name
             dst = target / name
