@@ -16,6 +16,11 @@ def test_snapshot_copies_only_listed_entries_and_refreshes(tmp_path):
     (src / "pool-agent").mkdir()
     (src / "pool-agent" / "config.yaml").write_text("secret")
     (src / "shadow").write_text("root:hash")
+    (src / "ssl" / "private").mkdir(mode=0o700)
+    (src / "ssl" / "private" / "host.key").write_text("PRIVATE KEY")
+    (src / "ssl" / "openssl.cnf").write_text("conf")
+    (src / "ssl" / "secret.pem").write_text("secret")
+    (src / "ssl" / "secret.pem").chmod(0o600)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
     (src / "resolv.conf").symlink_to(tmp_path / "run" / "stub-resolv.conf")
@@ -24,6 +29,7 @@ def test_snapshot_copies_only_listed_entries_and_refreshes(tmp_path):
     offline = snap.path(network=False)
     assert sorted(os.listdir(offline)) == ["group", "ld.so.cache", "passwd", "ssl"]
     assert os.readlink(offline / "ssl" / "certs" / "ca.pem") == "/usr/share/ca-certificates/x.crt"
+    assert sorted(os.listdir(offline / "ssl")) == ["certs", "openssl.cnf"]  # private bits stay out
     assert "sandbox:x:65534:65534:sandbox:/task/scratch:/bin/sh" in (offline / "passwd").read_text()
     assert oct((offline / "ld.so.cache").stat().st_mode & 0o777) == "0o644"
     assert snap.path(network=False) == offline  # unchanged sources: same copy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -32,6 +33,26 @@ def _signature(source: Path, entries: tuple[str, ...]) -> tuple:
             continue
         sig.append((name, st.st_mtime_ns, st.st_ino, st.st_size))
     return tuple(sig)
+
+
+def _public(st: os.stat_result) -> bool:
+    """World-readable (directories: and traversable). Anything else — /etc/ssl/private, a 0600
+    key — stays out, even when the agent runs as root and could read it."""
+    needed = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
+    return st.st_mode & needed == needed
+
+
+def _copy_public(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst``: links as links, only world-readable files and directories."""
+    st = os.lstat(src)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISDIR(st.st_mode) and _public(st):
+        dst.mkdir()
+        for entry in sorted(os.listdir(src)):
+            _copy_public(src / entry, dst / entry)
+    elif stat.S_ISREG(st.st_mode) and _public(st):
+        shutil.copyfile(src, dst)
 
 
 class EtcSnapshot:
@@ -69,12 +90,8 @@ class EtcSnapshot:
             dst = target / name
             if name in NETWORK_ENTRIES and src.exists():
                 shutil.copyfile(src, dst)  # through the symlink (systemd-resolved's stub file)
-            elif src.is_symlink():
-                os.symlink(os.readlink(src), dst)
-            elif src.is_dir():
-                shutil.copytree(src, dst, symlinks=True)
-            elif src.is_file():
-                shutil.copy2(src, dst)
+            elif os.path.lexists(src):
+                _copy_public(src, dst)
         (target / "passwd").write_text(
             f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{self.uid}:{self.gid}:sandbox:{self.home}:/bin/sh\n")
         (target / "group").write_text(f"root:x:0:\nsandbox:x:{self.gid}:\n")
