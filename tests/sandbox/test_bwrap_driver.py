@@ -159,11 +159,16 @@ def test_disk_mode_falls_back_to_tmpfs_without_loop_devices(monkeypatch):
         BwrapDriver(disk="zfs")
 
 
-def test_tmpfs_scratch_is_capped(make_task):
+def test_tmpfs_scratch_is_capped_and_a_fill_is_named(make_task):
     driver = BwrapDriver(disk="tmpfs")
     task = make_task()
-    ran = run_spec(driver, task.spec(["/bin/sh", "-c", ("dd if=/dev/zero of=big bs=1M count=64 2>&1; "
-                                      "ls -l big | cut -d' ' -f5")], scratch_bytes=8 * 1024**2))
-    assert "No space left on device" in ran.out
-    assert int(ran.out.splitlines()[-1]) <= 8 * 1024**2
+    ran = run_spec(driver, task.spec(["/bin/sh", "-c", "dd if=/dev/zero of=big bs=1M count=64 2>&1; sleep 30"],
+                                     scratch_bytes=8 * 1024**2))
+    assert ran.result.kill_reason is KillReason.DISK, ran.result
+    assert "scratch limit 8 MiB" in (ran.result.detail or "")
+    assert ran.result.duration_s < 10
     assert not (task.scratch / "big").exists()  # RAM-backed: nothing reached the host disk
+    # a task that stays below the cap is not disturbed
+    ran = run_spec(driver, task.spec(["/bin/sh", "-c", "dd if=/dev/zero of=ok bs=1M count=4 2>/dev/null; echo ok"],
+                                     scratch_bytes=8 * 1024**2))
+    assert ran.result.succeeded and ran.out == "ok\n"

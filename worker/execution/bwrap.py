@@ -16,9 +16,11 @@ What is really enforced on this host is listed by :meth:`BwrapDriver.enforced_li
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -52,6 +54,7 @@ GPU_NODE_RE = re.compile(r"^nvidia\d+$")
 GPU_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 _JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 MONITOR_INTERVAL_S = 0.05
+TMPFS_FULL_BELOW_BYTES = 64 * 1024  # tmpfs hands out every page: full means (almost) nothing left
 
 
 def gpu_device_nodes(count: int, dev: Path = Path("/dev")) -> list[str]:
@@ -154,7 +157,8 @@ class BwrapDriver(ExecutionDriver):
             out["cpu_time"] += f"; total: {cg['cpu_time_total']}"
         out["disk"] = {
             "loop": "loop-mounted ext4 of scratch_bytes holding scratch+output (ENOSPC, then killed: disk)",
-            "tmpfs": "scratch is a size-capped tmpfs (RAM, counts toward memory); output/ only RLIMIT_FSIZE",
+            "tmpfs": "scratch is a size-capped tmpfs (RAM, counts toward memory; full: killed, disk); "
+                     "output/ only RLIMIT_FSIZE",
             "none": "not enforced (RLIMIT_FSIZE per file only)",
         }[self.disk]
         if self.cgroup_host.version == "none":
@@ -196,6 +200,8 @@ class BwrapExecution(Execution):
         self._fds: list[int] = []
         self.cgroup: cgroups.TaskCgroup | None = None
         self.disk: scratchfs.ScratchDisk | None = None
+        self._info_fd: int | None = None
+        self._tmpfs_scratch: Path | None = None
         try:
             self._prepare()
             argv = self._argv(gpu_nodes)
@@ -282,6 +288,12 @@ class BwrapExecution(Execution):
         else:
             if d.disk == "tmpfs" and lim.scratch_bytes is not None:
                 b += ["--size", str(lim.scratch_bytes), "--perms", "0777", "--tmpfs", scratch]
+                # bwrap reports the sandbox's pid here: its /proc/<pid>/root shows the tmpfs,
+                # so the monitor can tell "scratch full" from any other failure.
+                info_r, info_w = os.pipe()
+                self._info_fd = info_r
+                self._fds.append(info_w)
+                b += ["--info-fd", str(info_w)]
             else:
                 b += ["--bind-fd", str(self._path_fd(spec.scratch_dir)), scratch]
             b += ["--bind-fd", str(self._path_fd(spec.output_dir)), output]
@@ -301,9 +313,33 @@ class BwrapExecution(Execution):
         return chain + b
 
     # -- running -----------------------------------------------------------------------------------
+    def _read_info(self) -> None:
+        """bwrap's --info-fd JSON ({"child-pid": N, ...}), written once the sandbox is set up."""
+        fd, self._info_fd = self._info_fd, None
+        if fd is None:
+            return
+        data = b""
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and b"}" not in data:
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if ready:
+                    chunk = os.read(fd, 4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        finally:
+            os.close(fd)
+        try:
+            pid = int(json.loads(data.decode())["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self._tmpfs_scratch = Path(f"/proc/{pid}/root{SANDBOX_ROOT}/scratch")
+
     def _watch(self) -> None:
         """Turn the limit counters into kills with a reason, as soon as they move."""
         lim = self.spec.limits
+        self._read_info()
         while not self._exited.wait(MONITOR_INTERVAL_S) and self.proc.poll() is None:
             reason = self._limit_exceeded(lim)
             if reason is not None:
@@ -321,6 +357,8 @@ class BwrapExecution(Execution):
                 return KillReason.TIME, f"cpu time limit {lim.cpu_time_s:g}s exceeded ({cpu:.1f}s used)"
         if self.disk is not None and self.disk.is_full():
             return KillReason.DISK, f"scratch+output disk limit {_mib(lim.scratch_bytes)} reached"
+        if self._tmpfs_scratch is not None and _tmpfs_full(self._tmpfs_scratch):
+            return KillReason.DISK, f"scratch limit {_mib(lim.scratch_bytes)} reached (tmpfs)"
         return None
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -377,6 +415,9 @@ class BwrapExecution(Execution):
         return self._result
 
     def _cleanup(self) -> None:
+        if self._info_fd is not None:  # start failed before the monitor took it
+            os.close(self._info_fd)
+            self._info_fd = None
         for fd in self._fds:
             try:
                 os.close(fd)
@@ -404,6 +445,14 @@ def _check_traversable(path: Path, uid: int) -> None:
             f"{path} cannot be mounted into the sandbox: {parent} is not traversable by uid {uid} "
             "(make the agent's work directory 0711)"
         )
+
+
+def _tmpfs_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:  # the sandbox is gone
+        return False
+    return st.f_bavail * st.f_frsize < TMPFS_FULL_BELOW_BYTES
 
 
 def _mib(value: int | None) -> str:
