@@ -45,6 +45,7 @@ from worker.local.profile import (
 )
 
 DEFAULT_COMPETITION = "default"
+MAX_QUICK_EXITS = 3
 
 
 class StackError(RuntimeError):
@@ -58,6 +59,8 @@ class AgentProcess:
     config_path: Path
     log_path: Path
     process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    quick_exits: int = 0  # consecutive exits soon after a start: past 3 it is not restarted again
 
     @property
     def alive(self) -> bool:
@@ -229,6 +232,7 @@ class LocalStack:
 
     def start_agent(self, agent: AgentProcess) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _python_path()}
+        agent.started_at = time.monotonic()
         with open(agent.log_path, "ab") as log:
             agent.process = subprocess.Popen(
                 [sys.executable, "-m", "worker", "agent", "--config", str(agent.config_path)],
@@ -254,11 +258,17 @@ class LocalStack:
         restarted = []
         for agents in self.agents.values():
             for agent in agents:
-                if not agent.alive and not self._stopping.is_set():
-                    code = agent.process.returncode if agent.process else None
-                    self.say(f"agent {agent.worker_id} exited (code {code}); restarting it")
-                    self.start_agent(agent)
-                    restarted.append(agent.worker_id)
+                if agent.alive or self._stopping.is_set() or agent.quick_exits > MAX_QUICK_EXITS:
+                    continue
+                code = agent.process.returncode if agent.process else None
+                agent.quick_exits = agent.quick_exits + 1 if time.monotonic() - agent.started_at < 10 else 0
+                if agent.quick_exits > MAX_QUICK_EXITS:
+                    self.say(f"agent {agent.worker_id} keeps exiting (code {code}); not restarting it: "
+                             f"see {agent.log_path}")
+                    continue
+                self.say(f"agent {agent.worker_id} exited (code {code}); restarting it")
+                self.start_agent(agent)
+                restarted.append(agent.worker_id)
         return restarted
 
     def wait_ready(self, timeout: float) -> None:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus import ServiceBusReceiveMode, ServiceBusReceiver, ServiceBusSubQueue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +56,7 @@ class Monitor:
         self.depth_probe = depth_probe
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dlq: dict[str, ServiceBusReceiver] = {}
 
     # --- the loop ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -66,6 +67,16 @@ class Monitor:
         self.stop_event.set()
         if self._thread:
             self._thread.join(timeout)
+        for name in list(self._dlq):
+            self._close_dlq(name)
+
+    def _close_dlq(self, name: str) -> None:
+        receiver = self._dlq.pop(name, None)
+        if receiver is not None:
+            try:
+                receiver.close()
+            except Exception:  # noqa: BLE001, S110 - already broken
+                pass
 
     def _run(self) -> None:
         while not self.stop_event.wait(self.interval_s):
@@ -80,8 +91,14 @@ class Monitor:
         with self.sessions() as session:
             pools = list_pools(session)
         for pool in pools:
-            self.drain_dead_letters(pool)
-            self.refresh_depth(pool)
+            depth = self.refresh_depth(pool)
+            # Without a probe, or when it sees dead letters, look into the dead-letter sub-queue.
+            if depth is None or depth[1] > 0:
+                try:
+                    self.drain_dead_letters(pool)
+                except Exception as exc:  # noqa: BLE001 - reopen the link on the next tick
+                    log.warning("dead letters of %s: %s", pool.task_queue, exc)
+                    self._close_dlq(pool.name)
 
     # --- steps ------------------------------------------------------------------------------------
     def resend_unsent(self, now: datetime | None = None) -> int:
@@ -152,35 +169,40 @@ class Monitor:
 
     def drain_dead_letters(self, pool: Pool, max_messages: int = 50) -> int:
         """Dead-lettered task messages -> failed tasks with the dead-letter reason."""
-        client = self.queues.client(pool.task_queue_connection_string)
+        receiver = self._dlq.get(pool.name)
+        if receiver is None:  # kept open: attaching a link costs ~0.5 s, closing one ~1.5 s
+            client = self.queues.client(pool.task_queue_connection_string)
+            receiver = client.get_queue_receiver(pool.task_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+                                                 receive_mode=ServiceBusReceiveMode.PEEK_LOCK)
+            receiver.__enter__()  # opens the link now; a short receive wait must not bound the attach
+            self._dlq[pool.name] = receiver
         handled = 0
-        with client.get_queue_receiver(pool.task_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER,
-                                       receive_mode=ServiceBusReceiveMode.PEEK_LOCK) as receiver:
-            messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=0.2)
-            for message in messages:
-                task_id, attempt = _task_ref(message.message_id, b"".join(message.body))
-                reason = f"dead-lettered: {message.dead_letter_reason or 'unknown reason'}"
-                if message.dead_letter_error_description:
-                    reason += f": {message.dead_letter_error_description}"
-                if task_id is not None:
-                    retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason: _fail_dead_lettered(s, t, a, r))
-                else:
-                    log.warning("dead-lettered message %s on %s names no task (%s); dropped",
-                                message.message_id, pool.task_queue, reason)
-                receiver.complete_message(message)
-                handled += 1
+        messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=0.2)
+        for message in messages:
+            task_id, attempt = _task_ref(message.message_id, b"".join(message.body))
+            reason = f"dead-lettered: {message.dead_letter_reason or 'unknown reason'}"
+            if message.dead_letter_error_description:
+                reason += f": {message.dead_letter_error_description}"
+            if task_id is not None:
+                retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason: _fail_dead_lettered(s, t, a, r))
+            else:
+                log.warning("dead-lettered message %s on %s names no task (%s); dropped",
+                            message.message_id, pool.task_queue, reason)
+            receiver.complete_message(message)
+            handled += 1
         return handled
 
-    def refresh_depth(self, pool: Pool) -> None:
+    def refresh_depth(self, pool: Pool) -> tuple[int, int] | None:
+        """(queue depth, dead letters) from the probe, stored on the pool; None if unknown."""
         if self.depth_probe is None:
-            return
+            return None
         try:
             depth = self.depth_probe(pool)
         except Exception as exc:  # noqa: BLE001 - display data only
             log.debug("depth of %s unavailable: %s", pool.name, exc)
-            return
+            return None
         if depth is None:
-            return
+            return None
 
         def store(session: Session) -> None:
             row = session.get(Pool, pool.name)
@@ -189,6 +211,7 @@ class Monitor:
                 row.depth_checked_at = utcnow()
 
         retrying(self.sessions, store)
+        return depth
 
 
 def _task_ref(message_id: str | None, body: bytes) -> tuple[str | None, int | None]:
