@@ -36,8 +36,9 @@ def test_cancel_from_another_thread(tmp_path):
     threading.Timer(0.3, supervisor.kill, args=(KillReason.CANCELLED,)).start()
     began = time.monotonic()
     result = supervisor.run()
-    assert result.kill_reason is KillReason.CANCELLED and result.exit_code is None
-    assert time.monotonic() - began < 3
+    took = time.monotonic() - began
+    assert result.kill_reason is KillReason.CANCELLED and result.exit_code is None, result
+    assert took < 10, f"took {took:.1f}s"  # generous: CI machines are busy; the agent tests assert < 5 s
 
 
 def test_first_kill_reason_wins(tmp_path):
