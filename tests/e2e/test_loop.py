@@ -184,3 +184,18 @@ def test_agent_killed_mid_task_the_task_is_redelivered_and_finished_once(stack):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert wait_for(stack.site, submit(stack, ["true"]), timeout=30).state == "finished"
+
+
+def test_logs_follow_tails_until_the_task_ends(stack):
+    from worker.local.client import stream_logs
+
+    task_id = submit(stack, ["sh", "-c", "for i in 1 2 3 4; do echo line $i; sleep 0.5; done; echo oops >&2"])
+    wait_state(stack, task_id, "running")
+    seen: list[tuple[str, bytes, float]] = []
+    final = stream_logs(stack.site, task_id, follow=True, poll_s=0.1,
+                        write=lambda stream, data: seen.append((stream, data, time.monotonic())))
+    assert final.state == "finished"
+    stdout = b"".join(d for s, d, _ in seen if s == "stdout")
+    assert stdout == b"line 1\nline 2\nline 3\nline 4\n"
+    assert b"".join(d for s, d, _ in seen if s == "stderr") == b"oops\n"
+    assert len([1 for s, _, _ in seen if s == "stdout"]) >= 2  # arrived in pieces, while it ran
