@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
@@ -223,3 +224,18 @@ def _pool(env: Env):
 
     with env.site.sessions() as s:
         return get_pool(s, env.competition)
+
+
+@pytest.mark.parametrize(("submission", "message"), [
+    ({"env": {"BIG": "x" * 300_000}}, "limit"),
+    ({"time_limit_s": 30 * 24 * 3600}, "time_limit_s"),
+    ({"inputs": {"../escape": Path("/etc/hostname")}}, "name"),
+    ({"task_id": "bad id with spaces"}, "task_id"),
+])
+def test_unsendable_submissions_are_refused_before_anything_is_recorded(env, submission, message):
+    from worker.site.producer import SubmitError
+
+    with pytest.raises(SubmitError, match=message):
+        env.site.producer.submit(Submission(pool=env.competition, command=["true"], **submission))
+    with env.site.sessions() as s:
+        assert s.query(Task).count() == 0

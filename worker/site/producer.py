@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
@@ -61,7 +62,9 @@ class Producer:
         if not submission.command:
             raise SubmitError("a task needs a command")
         with transaction(self.sessions) as session:
-            get_pool(session, submission.pool)  # clear error before uploading anything
+            pool = get_pool(session, submission.pool)  # clear error before uploading anything
+            response_queue = pool.response_queue
+        _check_wire_form(submission, response_queue)
         bundles = []
         if submission.program is not None:
             bundles.append(self._stored("program", submission.pool, submission.program))
@@ -148,3 +151,27 @@ class Producer:
         # Written in every case: a queued message may already be on its way to a worker.
         self.storage.cancel(row.pool, row.id, row.attempt, reason)
         return row
+
+
+_PLACEHOLDER_URL = "https://account.blob.core.windows.net/" + "x" * 400  # longer than any real SAS URL
+
+
+def _check_wire_form(submission: Submission, reply_to: str) -> None:
+    """Refuse, before anything is recorded, what could never be sent: invalid fields or a message
+    over the size limit (the real one differs only in its URLs, which this over-estimates)."""
+    bundle = protocol.Bundle(name="program", url=_PLACEHOLDER_URL)
+    try:
+        task = protocol.Task(
+            task_id=submission.task_id or "t" * 20, competition=submission.pool, task_type=submission.task_type,
+            command=list(submission.command), env=dict(submission.env),
+            program=bundle if submission.program is not None else None,
+            inputs=[protocol.Bundle(name=name, url=_PLACEHOLDER_URL) for name in submission.inputs],
+            output_url=_PLACEHOLDER_URL, stdout_url=_PLACEHOLDER_URL, stderr_url=_PLACEHOLDER_URL,
+            control_url=_PLACEHOLDER_URL, time_limit_s=submission.time_limit_s, resources=submission.resources,
+            reply_to=reply_to)
+        protocol.encode(task)
+    except protocol.ProtocolError as exc:
+        raise SubmitError(f"the task cannot be sent: {exc.description}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise SubmitError(f"invalid task: {problems}") from None
