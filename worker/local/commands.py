@@ -45,6 +45,9 @@ def local_up(
     driver: str = typer.Option("process", "--driver", help="Execution driver of the agents (process, bwrap...)."),
     competition: list[str] = typer.Option(["default"], "--competition", "-c",
                                           help="Competition(s) to create at start (repeatable)."),
+    database_url: str | None = typer.Option(None, "--database-url", envvar="POOL_DATABASE_URL",
+                                            help="The site database (default: SQLite in the data dir), e.g. "
+                                                 "postgresql+psycopg://user@host/db."),
     data_dir: Path = _data_dir_option(),
 ) -> None:
     """Start the local stack in the foreground and keep it running until Ctrl-C / SIGTERM.
@@ -67,7 +70,7 @@ def local_up(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stack = LocalStack(data_dir, workers=workers, driver=driver, competitions=tuple(competition),
-                       on_output=lambda line: typer.echo(line))
+                       database_url=database_url, on_output=lambda line: typer.echo(line))
     try:
         stack.start()
     except (StackError, RuntimeError, ValueError) as exc:

@@ -78,6 +78,7 @@ class LocalStack:
         heartbeat_interval_s: float = 2.0,
         lost_after_s: float = 30.0,
         agent_pools: tuple[str, ...] | None = None,
+        database_url: str | None = None,
         on_output: Callable[[str], None] = print,
     ) -> None:
         if workers < 0:
@@ -89,6 +90,7 @@ class LocalStack:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.lost_after_s = lost_after_s
         self.agent_pools = agent_pools  # None: every pool gets agents
+        self.database_url = database_url  # None: SQLite in the data dir
         self.say = on_output
         self.emulator = None  # worker.emulator.launcher.EmulatorProcess
         self.azurite: AzuriteProcess | None = None
@@ -126,7 +128,7 @@ class LocalStack:
                                       root_connection_string=emulator_connection_string(
                                           host, self.emulator.port, ROOT_POLICY, key)),
                 storage_connection_string=self.azurite.connection_string,
-                database_url=f"sqlite:///{self.data_dir / 'site.db'}",
+                database_url=self.database_url or f"sqlite:///{self.data_dir / 'site.db'}",
                 lost_after_s=self.lost_after_s, workers_per_pool=self.workers, driver=self.driver,
             )
             with profile_lock(self.data_dir):
