@@ -6,14 +6,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.exceptions import MessageLockLostError
-
-
-@pytest.fixture
-def client(emulator):
-    with ServiceBusClient.from_connection_string(emulator.connection_string()) as c:
-        yield c
 
 
 def test_all_message_fields_round_trip(client, queue_factory):

@@ -104,12 +104,10 @@ class Authority:
         resource = fields["sr"]
         scope = entity_path(resource)
         policy = self._find_policy(fields["skn"], scope)
-        expected = _sign(raw["sr"], expiry, policy.key)
-        if not hmac.compare_digest(expected, fields["sig"]):
-            # Some clients encode sr differently; accept a signature over the canonical encoding too.
-            if not hmac.compare_digest(_sign(quote_plus(unquote_plus(raw["sr"])), expiry, policy.key),
-                                       fields["sig"]):
-                raise AuthError(f"SAS signature does not match policy {policy.name!r}")
+        # The signature covers sr as the client encoded it; accept the canonical encoding too.
+        candidates = {raw["sr"], quote_plus(unquote_plus(raw["sr"]))}
+        if not any(hmac.compare_digest(_sign(sr, expiry, policy.key), fields["sig"]) for sr in candidates):
+            raise AuthError(f"SAS signature does not match policy {policy.name!r}")
         if audience is not None:
             target = entity_path(audience)
             if scope and not (target == scope or target.startswith(scope + "/")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,21 +13,24 @@ def register(app: typer.Typer) -> None:
 
 
 def emulator(
-    config: Path = typer.Option(..., "--config", "-c", exists=True, dir_okay=False, readable=True,
-                                help="YAML file with namespace policies and queues "
-                                     "(see worker/emulator/sample-config.yaml and docs/emulator.md)."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (AMQP and HTTP). Keep 127.0.0.1 unless "
-                                               "other machines must reach it: traffic is not encrypted."),
-    port: int = typer.Option(5672, help="AMQP port (0 picks a free one)."),
-    data_dir: Path = typer.Option(Path(".pool/emulator"), "--data-dir",
-                                  help="Directory for the SQLite store (messages survive restarts)."),
-    http_port: int | None = typer.Option(None, "--http-port",
-                                         help="Serve /healthz, /metrics and the runtime queue API on this "
-                                              "port (0 picks a free one; omitted = no HTTP)."),
-    ready_file: Path | None = typer.Option(None, "--ready-file", hidden=True,
-                                           help="Write pid and bound ports as JSON here once serving."),
-    durability: str = typer.Option("full", help="SQLite synchronous mode: 'full' fsyncs every commit "
-                                                "(survives power loss), 'normal' survives process crashes."),
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", exists=True, dir_okay=False, readable=True,
+        help="YAML file with namespace policies and queues (see worker/emulator/sample-config.yaml "
+             "and docs/emulator.md).")],
+    host: Annotated[str, typer.Option(
+        help="Address to bind (AMQP and HTTP). Keep 127.0.0.1 unless other machines must reach it: "
+             "traffic is not encrypted.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="AMQP port (0 picks a free one).")] = 5672,
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="Directory for the SQLite store (messages survive restarts).")] = Path(".pool/emulator"),
+    http_port: Annotated[int | None, typer.Option(
+        "--http-port", help="Serve /healthz, /metrics and the runtime queue API on this port "
+                            "(0 picks a free one; omitted = no HTTP).")] = None,
+    ready_file: Annotated[Path | None, typer.Option(
+        "--ready-file", hidden=True, help="Write pid and bound ports as JSON here once serving.")] = None,
+    durability: Annotated[str, typer.Option(
+        help="SQLite synchronous mode: 'full' fsyncs every commit (survives power loss), "
+             "'normal' survives process crashes only.")] = "full",
 ) -> None:
     """Run the local Azure Service Bus endpoint (AMQP 1.0) that the unchanged azure-servicebus SDK talks to.
 

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from worker.emulator.app import connection_string
 from worker.emulator.auth import generate_key, make_token
@@ -65,12 +65,9 @@ class EmulatorProcess:
         cmd = [sys.executable, "-m", "worker", "emulator", "--config", str(self.config_path),
                "--host", self.host, "--port", str(port), "--data-dir", str(self.data_dir),
                "--http-port", str(http_port), "--ready-file", str(self._ready_file)]
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
-        finally:
-            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -131,7 +128,7 @@ class EmulatorProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def __enter__(self) -> EmulatorProcess:
+    def __enter__(self) -> Self:
         if not self.running:
             self.start()
         return self

@@ -126,7 +126,7 @@ class ConsumerLink:
         except BrokerError as err:
             def refuse(err: BrokerError = err) -> None:
                 if not dlv.settled:
-                    dlv.local.condition = Condition(err.condition, err.description)
+                    dlv.local.condition = _condition(err)
                     dlv.update(Delivery.REJECTED)
                     dlv.settle()
                     self.conn.touch()
@@ -147,6 +147,11 @@ class ConsumerLink:
         broker.after_commit(echo)
 
 
+def _condition(err: BrokerError) -> Condition:
+    # pyamqp's sender indexes condition, description AND info of a rejected outcome: always send info.
+    return Condition(err.condition, err.description, {symbol("emulator-status"): codec.amqp_int(err.status)})
+
+
 def _dead_letter_info(cond: Condition | None) -> tuple[str | None, str | None]:
     if cond is None:
         return None, None
@@ -158,16 +163,25 @@ def _dead_letter_info(cond: Condition | None) -> tuple[str | None, str | None]:
 
 
 class Producer:
-    """A client's sender to a queue: stores each message, acknowledges it once committed."""
+    """A client's sender to a queue: stores each message, acknowledges it once committed.
 
-    def __init__(self, conn: AmqpConnection, link: Link, entity: Entity) -> None:
+    A sender whose attach cannot be honoured (unknown queue, dead-letter queue) is still attached
+    and every transfer is rejected with the reason: pyamqp reports a refused attach as an unknown
+    error but maps a rejected transfer's condition to the right SDK exception.
+    """
+
+    def __init__(self, conn: AmqpConnection, link: Link, entity: Entity | None,
+                 refusal: BrokerError | None = None) -> None:
         self.conn = conn
         self.link = link
-        self.queue = entity.queue
+        self.queue = entity.queue if entity else None
+        self.refusal = refusal
 
     def on_message(self, dlv: Delivery, raw: bytes) -> None:
         broker = self.conn.server.broker
         try:
+            if self.refusal is not None or self.queue is None:
+                raise self.refusal or BrokerError("amqp:not-found", "no such entity")
             self.conn.require(self.queue.name, Right.SEND)
             limit = self.queue.config.max_message_size
             if len(raw) > limit:
@@ -193,7 +207,7 @@ class Producer:
             if err is None:
                 dlv.update(Delivery.ACCEPTED)
             else:
-                dlv.local.condition = Condition(err.condition, err.description)
+                dlv.local.condition = _condition(err)
                 dlv.update(Delivery.REJECTED)
             dlv.settle()
         if self.link.state & Link.LOCAL_ACTIVE and self.link.credit < PRODUCER_CREDIT // 2:
@@ -214,7 +228,7 @@ class RequestLink:
         request = Message()
         try:
             request.decode(raw)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (proton raises assorted errors on bad bytes)
             dlv.local.condition = Condition("amqp:decode-error", f"Malformed request: {exc}")
             dlv.update(Delivery.REJECTED)
             dlv.settle()
@@ -272,7 +286,7 @@ class AmqpConnection(asyncio.Protocol):
                 chunk, data = data[:capacity], data[capacity:]
                 self.transport.push(chunk)
                 self._process()
-        except Exception as exc:  # protocol garbage: this connection only
+        except Exception as exc:  # noqa: BLE001  (protocol garbage must cost only this connection)
             log.info("closing connection after error: %s", exc)
             self.transport.close_tail()
         self.touch()
@@ -287,8 +301,8 @@ class AmqpConnection(asyncio.Protocol):
             self.transport.close_tail()
             self.transport.close_head()
             self._process()
-        except Exception:
-            pass
+        except Exception as error:  # noqa: BLE001  (the peer is gone; nothing to answer)
+            log.debug("ignoring error while closing a lost connection: %s", error)
         self._drop_all_links()
         self.transport.unbind()
 
@@ -309,6 +323,10 @@ class AmqpConnection(asyncio.Protocol):
                     self.closed = True
                     return
                 if pending == 0:
+                    if self.transport.capacity() < 0:  # input closed (protocol error / peer done)
+                        self.sock.close()
+                        self.closed = True
+                        return
                     break
                 out = self.transport.peek(pending)
                 self.transport.pop(len(out))
@@ -394,20 +412,28 @@ class AmqpConnection(asyncio.Protocol):
                     role = out
                 else:
                     role = RequestLink(self, link, MANAGEMENT, entity)
-            else:
-                entity = self.server.broker.resolve(path)
-                if link.is_sender:
-                    self.require(entity.path, Right.LISTEN)
-                    self._open(link)
-                    role = ConsumerLink(self, link, entity)
-                    entity.consumers.append(role)
-                else:
+            elif not link.is_sender:
+                try:
+                    entity = self.server.broker.resolve(path)
                     if entity.is_dlq:
                         raise BrokerError("amqp:not-allowed", "Messages cannot be sent to a dead-letter queue.")
-                    self.require(entity.path, Right.SEND)
+                except BrokerError as err:
+                    self._open(link)
+                    role = Producer(self, link, None, err)
+                else:
+                    # Rights are checked per transfer (see Producer).
                     link.max_message_size = entity.queue.config.max_message_size
                     self._open(link)
                     role = Producer(self, link, entity)
+            else:
+                entity = self.server.broker.resolve(path)
+                if _wants_session(link):
+                    raise BrokerError("amqp:not-implemented",
+                                      "Sessions are not supported by the local Service Bus emulator.", 501)
+                self.require(entity.path, Right.LISTEN)
+                self._open(link)
+                role = ConsumerLink(self, link, entity)
+                entity.consumers.append(role)
         except BrokerError as err:
             self._refuse(link, err)
             return
@@ -423,8 +449,9 @@ class AmqpConnection(asyncio.Protocol):
         link.open()
 
     def _refuse(self, link: Link, err: BrokerError) -> None:
-        # Attach with a null terminus, then detach with the error: the AMQP way to refuse a link.
-        link.open()
+        # Answer the attach (pyamqp drops links whose attach has a null terminus), then detach with the
+        # error: the SDK raises the exception mapped from the condition.
+        self._open(link)
         link.condition = Condition(err.condition, err.description)
         link.close()
         self.touch()
@@ -515,6 +542,15 @@ class AmqpConnection(asyncio.Protocol):
         chosen.send(message.encode())
 
 
+def _wants_session(link: Link) -> bool:
+    data = link.remote_source.filter
+    data.rewind()
+    if data.next() is None:
+        return False
+    obj = data.get_object()
+    return isinstance(obj, dict) and any("session" in str(k) for k in obj)
+
+
 def _has_attr(wrapper: Any, name: str) -> bool:
     try:
         getattr(wrapper, name)
@@ -562,5 +598,5 @@ class AmqpServer:
                 conn.write_out()
                 if conn.sock:
                     conn.sock.close()
-            except Exception:
-                pass
+            except Exception as exc:  # noqa: BLE001  (shutting down: close what can be closed)
+                log.debug("error closing a connection at shutdown: %s", exc)
