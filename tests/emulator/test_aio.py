@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
@@ -69,9 +69,9 @@ async def test_schedule_peek_and_receive_and_delete(aclient, queue_factory):
     async with aclient.get_queue_sender(q) as s:
         await s.send_messages([ServiceBusMessage("now-1"), ServiceBusMessage("now-2")])
         (seq,) = await s.schedule_messages(ServiceBusMessage("later"),
-                                           datetime.now(timezone.utc) + timedelta(seconds=2))
+                                           datetime.now(UTC) + timedelta(seconds=2))
         await s.cancel_scheduled_messages(seq)
-        await s.schedule_messages(ServiceBusMessage("later-kept"), datetime.now(timezone.utc) + timedelta(seconds=2))
+        await s.schedule_messages(ServiceBusMessage("later-kept"), datetime.now(UTC) + timedelta(seconds=2))
     async with aclient.get_queue_receiver(q, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE) as r:
         peeked = await r.peek_messages(max_message_count=10)
         assert [str(m) for m in peeked] == ["now-1", "now-2", "later-kept"]
