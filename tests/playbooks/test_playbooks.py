@@ -123,6 +123,45 @@ def test_invalid_config_is_refused_and_the_old_one_kept(tmp_path):
     assert "failed to validate" in (tmp_path / "ansible.log").read_text()
 
 
+# --- the toolset selection: the role's rule and the image tests' rule agree --------------------------
+SELECTIONS = [("minimal", []), ("full", []), ("full", ["torch"]), ("full", ["torch", "cuda"])]
+
+
+def test_role_selects_what_the_image_tests_expect(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_tests", REPO / "images/linux/tests/test_image.py")
+    image_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(image_tests)
+
+    plays = []
+    for i, (profile, features) in enumerate(SELECTIONS):
+        plays.append({
+            "name": f"Select {profile} {features}", "hosts": "localhost", "connection": "local", "gather_facts": False,
+            "vars": {"ml_base_profile": profile, "ml_base_features": features,
+                     "ml_base_toolset_file": str(PLAYBOOKS / "toolset/toolset-linux.json")},
+            "tasks": [
+                {"name": "Select", "ansible.builtin.include_role": {"name": "ml_base", "tasks_from": "select.yml"}},
+                {"name": "Save", "ansible.builtin.copy": {"content": "{{ ml_base_selected | to_json }}",
+                                                          "dest": str(tmp_path / f"selected-{i}.json"),
+                                                          "mode": "0644"}},
+            ],
+        })
+    play = tmp_path / "select.yml"
+    play.write_text(yaml.safe_dump(plays, sort_keys=False))
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    proc = run_playbook(str(play), inventory, tmp_path / "ansible.log")
+    assert proc.returncode == 0, tail(tmp_path / "ansible.log")
+    for i, (profile, features) in enumerate(SELECTIONS):
+        got = json.loads((tmp_path / f"selected-{i}.json").read_text())
+        for section in ("apt_packages", "python_packages"):
+            assert got[section] == image_tests.selected(section, profile, features), (profile, features, section)
+    full_torch = json.loads((tmp_path / "selected-2.json").read_text())
+    assert "torch" in [p["name"] for p in full_torch["python_packages"]]
+    assert "nvidia-driver" not in [p["name"] for p in full_torch["apt_packages"]]
+
+
 # --- toolsets and the Windows side (static: no Windows machine here) --------------------------------
 def _toolset(name: str) -> dict:
     return json.loads((PLAYBOOKS / "toolset" / f"toolset-{name}.json").read_text())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,7 +220,7 @@ def worker(debian_base_tarball: Path, pool: Pool, tmp_path_factory) -> Iterator[
             "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n")
         machine = NspawnMachine(root, f"worker-{uuid.uuid4().hex[:6]}", work / "console.log")
         w = Worker(root, work, machine, port, key, log, ssh_inventory, ssh_config,
-                   notes={"provision_s": provision_s, "wheel": wheel})
+                   notes={"provision_s": provision_s, "wheel": wheel, "vars": extra})
         t0 = time.monotonic()
         machine.start()
         try:
@@ -294,7 +295,18 @@ def test_image_tests_pass_on_the_booted_worker(worker: Worker):
         capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     report.write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.split("\n")[-2]
+    summary = [line for line in proc.stdout.splitlines() if re.search(r"\d+ passed", line)]
+    assert summary and "skipped" not in summary[-1], proc.stdout[-3000:]  # this worker has a config
+
+
+def test_install_worker_over_ssh_is_idempotent(worker: Worker, pool: Pool):
+    """install-worker.yml (the existing-VM path) over SSH on the provisioned worker changes nothing."""
+    before = _wait_active(worker)
+    result = run_playbook("install-worker.yml", worker.inventory, worker.log, {**worker.notes["vars"]})
+    assert result.returncode == 0, tail(worker.log)
+    recap = tail(worker.log, 600)
+    assert re.search(r"worker\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", recap), recap
+    assert _wait_active(worker)["MainPID"] == before["MainPID"]
 
 
 def test_rotate_credentials_without_losing_the_agent(worker: Worker, pool: Pool):
@@ -343,4 +355,5 @@ def test_halts_cleanly_on_one_sigterm(worker: Worker):
     assert rc == 0, worker.machine.console()[-3000:]
     assert elapsed < 60
     worker.notes["halt_s"] = elapsed
-    print(json.dumps({k: (round(v, 1) if isinstance(v, float) else str(v)) for k, v in worker.notes.items()}))
+    print(json.dumps({k: (round(v, 1) if isinstance(v, float) else str(v)) for k, v in worker.notes.items()
+                      if k != "vars"}))
