@@ -115,3 +115,23 @@ def test_dead_letter_reason_goes_into_application_properties():
     m = Message()
     m.decode(updated)
     assert m.properties == {"a": "b", "DeadLetterReason": "r"} and m.body == "x"
+
+
+def test_hand_encoded_delivery_decodes_like_proton():
+    import uuid as _uuid
+
+    sent = Message(body=b"x", id="m", annotations={"x-opt-partition-key": "p", "custom": 5})
+    parsed = codec.parse_message(bytes(sent.encode()))
+    token = _uuid.uuid4()
+    raw = (codec.encode_header_fast(3, durable=True, priority=4, ttl_ms=60000)
+           + codec.encode_annotations_fast(codec.map_items(codec.encode_annotations(parsed.annotations)), 42,
+                                           1000, 2000, token, 500, "q") + parsed.bare)
+    back = Message()
+    back.decode(raw)
+    assert (back.delivery_count, back.durable, back.priority, back.ttl, back.first_acquirer) == (3, True, 4, 60, False)
+    ann = back.annotations
+    assert ann["x-opt-sequence-number"] == 42 and ann["x-opt-lock-token"] == token
+    assert ann["x-opt-enqueued-time"] == 1000 and ann["x-opt-locked-until"] == 2000
+    assert ann["x-opt-scheduled-enqueue-time"] == 500 and ann["x-opt-deadletter-source"] == "q"
+    assert ann["x-opt-partition-key"] == "p" and ann["custom"] == 5
+    assert codec.parse_message(raw).message_id == "m"

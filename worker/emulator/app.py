@@ -95,4 +95,13 @@ def run(config_path: Path, data_dir: Path, host: str, port: int, http_port: int 
     def announce(line: str) -> None:
         print(line, flush=True)
 
-    asyncio.run(serve(config, data_dir, host, port, http_port, ready_file, announce, synchronous))
+    main = serve(config, data_dir, host, port, http_port, ready_file, announce, synchronous)
+    profile_path = os.environ.get("POOL_EMULATOR_PROFILE")
+    if not profile_path:
+        asyncio.run(main)
+        return
+    import cProfile  # developer aid: where does the broker spend its CPU?
+
+    with cProfile.Profile() as prof:
+        asyncio.run(main)
+    prof.dump_stats(profile_path)

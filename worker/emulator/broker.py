@@ -71,26 +71,24 @@ class Message:
     annotations_raw: bytes | None
     bare: bytes
     lock: Lock | None = None
-    _annotations: dict | None = None
+    _annotations: tuple[int, bytes] | None = None
 
     @property
     def entity(self) -> Entity:
         return self.queue.dlq if self.dlq else self.queue.main
 
-    def annotations(self) -> dict:
+    def client_annotations(self) -> tuple[int, bytes]:
         if self._annotations is None:
-            self._annotations = codec.decode_annotations(self.annotations_raw)
+            self._annotations = codec.map_items(self.annotations_raw)
         return self._annotations
 
     def encode(self, lock: Lock | None) -> bytes:
-        extra = dict(self.annotations())
-        if self.scheduled_ms is not None:
-            extra[codec.symbol("x-opt-scheduled-enqueue-time")] = codec.timestamp(self.scheduled_ms)
-        if self.dlq:
-            extra[codec.symbol("x-opt-deadletter-source")] = self.queue.name
-        ann = codec.broker_annotations(self.seq, self.enqueued_ms, lock.until_ms if lock else None,
-                                       lock.token if lock else None, extra)
-        return codec.encode_delivery(self.bare, ann, self.delivery_count, self.durable, self.priority, self.ttl_ms)
+        return (codec.encode_header_fast(self.delivery_count, self.durable, self.priority, self.ttl_ms)
+                + codec.encode_annotations_fast(
+                    self.client_annotations(), self.seq, self.enqueued_ms,
+                    lock.until_ms if lock else None, lock.token if lock else None, self.scheduled_ms,
+                    self.queue.name if self.dlq else None)
+                + self.bare)
 
     def row(self) -> MessageRow:
         return MessageRow(self.queue.name, self.seq, self.dlq, self.state, self.delivery_count, self.enqueued_ms,

@@ -43,34 +43,94 @@ def plain(value: Any) -> Any:
     return value
 
 
+_FIXED_WIDTH = {
+    0x40: 0, 0x41: 0, 0x42: 0, 0x43: 0, 0x44: 0, 0x45: 0,  # null, true, false, uint0, ulong0, list0
+    0x50: 1, 0x51: 1, 0x52: 1, 0x53: 1, 0x54: 1, 0x55: 1, 0x56: 1,
+    0x60: 2, 0x61: 2,
+    0x70: 4, 0x71: 4, 0x72: 4, 0x73: 4, 0x74: 4,
+    0x80: 8, 0x81: 8, 0x82: 8, 0x83: 8, 0x84: 8,
+    0x94: 16, 0x98: 16,
+}
+_SIZE1 = frozenset((0xA0, 0xA1, 0xA3, 0xC0, 0xC1, 0xE0))
+_SIZE4 = frozenset((0xB0, 0xB1, 0xB3, 0xD0, 0xD1, 0xF0))
+_SYMBOLIC_SECTIONS = {
+    b"amqp:header:list": HEADER, b"amqp:delivery-annotations:map": DELIVERY_ANNOTATIONS,
+    b"amqp:message-annotations:map": MESSAGE_ANNOTATIONS, b"amqp:properties:list": PROPERTIES,
+    b"amqp:application-properties:map": APPLICATION_PROPERTIES, b"amqp:data:binary": DATA,
+    b"amqp:amqp-sequence:list": AMQP_SEQUENCE, b"amqp:amqp-value:*": AMQP_VALUE, b"amqp:footer:map": FOOTER,
+}
+
+
+def _value_end(raw: bytes, pos: int) -> int:
+    """Index just past the AMQP value starting at ``pos`` (reads only constructors and sizes)."""
+    try:
+        code = raw[pos]
+        pos += 1
+        if code == 0x00:  # described: descriptor, then the value
+            return _value_end(raw, _value_end(raw, pos))
+        width = _FIXED_WIDTH.get(code)
+        if width is not None:
+            end = pos + width
+        elif code in _SIZE1:
+            end = pos + 1 + raw[pos]
+        elif code in _SIZE4:
+            end = pos + 4 + int.from_bytes(raw[pos:pos + 4], "big")
+        else:
+            raise CodecError(f"unknown AMQP type constructor 0x{code:02x} at byte {pos - 1}")
+    except IndexError as exc:
+        raise CodecError("truncated AMQP value") from exc
+    if end > len(raw):
+        raise CodecError("truncated AMQP value")
+    return end
+
+
 def _sections(raw: bytes) -> list[tuple[int, int, int]]:
-    """[(descriptor code, start, end)] for each top-level section; raises CodecError."""
+    """[(descriptor code, start, end)] for each top-level section; raises CodecError.
+
+    A fast scan of constructors and sizes (the hot path for every message); contents are decoded
+    only for the sections the broker reads."""
     out: list[tuple[int, int, int]] = []
+    pos, size = 0, len(raw)
+    while pos < size:
+        if raw[pos] != 0x00 or pos + 2 >= size:
+            raise CodecError(f"section at byte {pos} is not a described type")
+        kind = raw[pos + 1]
+        if kind == 0x53:
+            code, body = raw[pos + 2], pos + 3
+        elif kind == 0x80:
+            code, body = int.from_bytes(raw[pos + 2:pos + 10], "big"), pos + 10
+        elif kind in (0xA3, 0xB3):
+            name_end = _value_end(raw, pos + 1)
+            name = bytes(raw[pos + (3 if kind == 0xA3 else 6):name_end])
+            code, body = _SYMBOLIC_SECTIONS.get(name, -1), name_end
+        else:
+            raise CodecError(f"unsupported section descriptor at byte {pos}")
+        if not HEADER <= code <= FOOTER:
+            raise CodecError(f"unknown section descriptor {code!r} at byte {pos}")
+        end = _value_end(raw, body)
+        out.append((code, pos, end))
+        pos = end
+    codes = [c for c, _, _ in out]
+    repeatable = (DATA, AMQP_SEQUENCE)
+    if codes != sorted(codes) or len([c for c in codes if c not in repeatable]) != len(
+            set(codes) - set(repeatable)):
+        raise CodecError("message sections out of order or repeated")
+    return out
+
+
+def _decodes_fully(raw: bytes) -> bool:
+    """Strict check with proton's decoder: every section decodes and nothing is left over."""
     pos = 0
-    view = memoryview(raw)
     while pos < len(raw):
         data = Data()
         try:
-            used = data.decode(bytes(view[pos:]))
-        except Exception as exc:  # proton raises DataException and friends
-            raise CodecError(f"undecodable section at byte {pos}: {exc}") from exc
+            used = data.decode(raw[pos:])
+        except Exception:  # noqa: BLE001  (proton raises assorted errors on bad bytes)
+            return False
         if used <= 0:
-            raise CodecError(f"empty section at byte {pos}")
-        data.rewind()
-        if data.next() != Data.DESCRIBED:
-            raise CodecError(f"section at byte {pos} is not a described type")
-        data.enter()
-        data.next()
-        code = data.get_object()
-        if not isinstance(code, int) or not HEADER <= code <= FOOTER:
-            raise CodecError(f"unknown section descriptor {code!r} at byte {pos}")
-        out.append((int(code), pos, pos + used))
+            return False
         pos += used
-    codes = [c for c, _, _ in out]
-    if codes != sorted(codes) or len(set(codes) - {DATA, AMQP_SEQUENCE}) != len(
-            [c for c in codes if c not in (DATA, AMQP_SEQUENCE)]):
-        raise CodecError("message sections out of order or repeated")
-    return out
+    return pos == len(raw)
 
 
 def _section_value(raw: bytes) -> Any:
@@ -112,8 +172,8 @@ class IncomingMessage:
         return str(self.message_id)
 
 
-def parse_message(raw: bytes) -> IncomingMessage:
-    sections = _sections(raw)
+def parse_message(raw: bytes, sections: list[tuple[int, int, int]] | None = None) -> IncomingMessage:
+    sections = _sections(raw) if sections is None else sections
     msg = IncomingMessage(bare=b"")
     bare_start = None
     for code, start, end in sections:
@@ -133,23 +193,37 @@ def parse_message(raw: bytes) -> IncomingMessage:
                 msg.absolute_expiry_ms = int(fields[8])
         if code in _BARE and bare_start is None:
             bare_start = start
-    msg.bare = raw[bare_start:] if bare_start is not None else b""
+    msg.bare = bytes(raw[bare_start:]) if bare_start is not None else b""
     return msg
 
 
-def split_batch(raw: bytes) -> list[bytes] | None:
-    """The messages inside an SDK batch envelope, or None when ``raw`` is an ordinary message."""
-    try:
-        sections = _sections(raw)
-    except CodecError:
+def _binary_payload(raw: bytes, start: int, end: int) -> bytes | None:
+    """The bytes of a data section's binary value, sliced without decoding."""
+    pos = start + (3 if raw[start + 1] == 0x53 else 10 if raw[start + 1] == 0x80 else -1)
+    if pos < start:
         return None
+    code = raw[pos]
+    if code == 0xA0:
+        return raw[pos + 2:end]
+    if code == 0xB0:
+        return raw[pos + 5:end]
+    return None
+
+
+def split_batch(raw: bytes, sections: list[tuple[int, int, int]] | None = None) -> list[bytes] | None:
+    """The messages inside an SDK batch envelope, or None when ``raw`` is an ordinary message."""
+    if sections is None:
+        try:
+            sections = _sections(raw)
+        except CodecError:
+            return None
     data_sections = [(s, e) for c, s, e in sections if c == DATA]
     if not data_sections or any(c in (AMQP_VALUE, AMQP_SEQUENCE) for c, _, _ in sections):
         return None
     inner: list[bytes] = []
     for start, end in data_sections:
-        body = _section_value(raw[start:end])
-        if not isinstance(body, bytes) or not body:
+        body = _binary_payload(raw, start, end)
+        if not body or body[0] != 0x00:  # cheap reject: an encoded message starts with a described type
             return None
         try:
             inner_sections = _sections(body)
@@ -157,8 +231,19 @@ def split_batch(raw: bytes) -> list[bytes] | None:
             return None
         if not any(c in (DATA, AMQP_SEQUENCE, AMQP_VALUE) for c, _, _ in inner_sections):
             return None
-        inner.append(body)
+        if not _decodes_fully(body):  # a user body that only looks like sections is not a batch
+            return None
+        inner.append(bytes(body))
     return inner
+
+
+def parse_incoming(raw: bytes) -> list[IncomingMessage]:
+    """One transfer's messages: the batch's contents, or the single message itself."""
+    sections = _sections(raw)
+    parts = split_batch(raw, sections)
+    if parts is None:
+        return [parse_message(raw, sections)]
+    return [parse_message(p) for p in parts]
 
 
 def encode_header(delivery_count: int, durable: bool = False, priority: int | None = None,
@@ -230,3 +315,71 @@ def with_application_properties(bare: bytes, updates: dict[str, Any]) -> bytes:
         props.update(updates)
         out += encode_section(APPLICATION_PROPERTIES, props)
     return out
+
+
+# -- hand-written encoders for the per-delivery hot path (same bytes proton would write) ------------
+def _sym(name: bytes) -> bytes:
+    return b"\xa3" + bytes([len(name)]) + name
+
+
+_K_SEQUENCE = _sym(b"x-opt-sequence-number")
+_K_ENQUEUED = _sym(b"x-opt-enqueued-time")
+_K_LOCKED_UNTIL = _sym(b"x-opt-locked-until")
+_K_LOCK_TOKEN = _sym(b"x-opt-lock-token")
+_K_SCHEDULED = _sym(b"x-opt-scheduled-enqueue-time")
+_K_DEADLETTER_SOURCE = _sym(b"x-opt-deadletter-source")
+
+
+def _str(text: str) -> bytes:
+    raw = text.encode()
+    return (b"\xa1" + bytes([len(raw)]) if len(raw) < 256 else b"\xb1" + len(raw).to_bytes(4, "big")) + raw
+
+
+def _ts(ms: int) -> bytes:
+    return b"\x83" + int(ms).to_bytes(8, "big", signed=True)
+
+
+def map_items(section: bytes | None) -> tuple[int, bytes]:
+    """(element count, encoded elements) of an encoded map section, for splicing into another map."""
+    if not section:
+        return 0, b""
+    pos = 3 if section[1] == 0x53 else 10
+    code = section[pos]
+    if code == 0xC1:
+        return section[pos + 2], bytes(section[pos + 3:])
+    if code == 0xD1:
+        return int.from_bytes(section[pos + 5:pos + 9], "big"), bytes(section[pos + 9:])
+    raise CodecError("message annotations are not a map")
+
+
+def encode_header_fast(delivery_count: int, durable: bool = False, priority: int | None = None,
+                       ttl_ms: int | None = None) -> bytes:
+    items = (b"\x41" if durable else b"\x42") \
+        + (b"\x40" if priority is None else b"\x50" + bytes([priority & 0xFF])) \
+        + (b"\x40" if ttl_ms is None else b"\x70" + (ttl_ms & 0xFFFFFFFF).to_bytes(4, "big")) \
+        + (b"\x41" if delivery_count == 0 else b"\x42") \
+        + b"\x70" + delivery_count.to_bytes(4, "big")
+    return b"\x00\x53\x70\xc0" + bytes([len(items) + 1, 5]) + items
+
+
+def encode_annotations_fast(client: tuple[int, bytes], sequence_number: int, enqueued_ms: int,
+                            locked_until_ms: int | None = None, lock_token: uuid.UUID | None = None,
+                            scheduled_ms: int | None = None, deadletter_source: str | None = None) -> bytes:
+    count, items = client
+    parts = [items, _K_SEQUENCE, b"\x81", sequence_number.to_bytes(8, "big", signed=True), _K_ENQUEUED,
+             _ts(enqueued_ms)]
+    count += 4
+    if locked_until_ms is not None:
+        parts += [_K_LOCKED_UNTIL, _ts(locked_until_ms)]
+        count += 2
+    if lock_token is not None:
+        parts += [_K_LOCK_TOKEN, b"\x98", lock_token.bytes]
+        count += 2
+    if scheduled_ms is not None:
+        parts += [_K_SCHEDULED, _ts(scheduled_ms)]
+        count += 2
+    if deadletter_source is not None:
+        parts += [_K_DEADLETTER_SOURCE, _str(deadletter_source)]
+        count += 2
+    body = b"".join(parts)
+    return b"\x00\x53\x72\xd1" + (len(body) + 4).to_bytes(4, "big") + count.to_bytes(4, "big") + body

@@ -188,8 +188,7 @@ class Producer:
                 raise BrokerError("amqp:link:message-size-exceeded",
                                   f"The message ({len(raw)} bytes) exceeds the queue's maximum message size "
                                   f"({limit} bytes).")
-            parts = codec.split_batch(raw)
-            messages = [codec.parse_message(p) for p in parts] if parts else [codec.parse_message(raw)]
+            messages = codec.parse_incoming(raw)
             if self.queue.name.lower() not in broker.queues:
                 raise BrokerError("amqp:not-found", f"The messaging entity '{self.queue.name}' was deleted.")
             for m in messages:

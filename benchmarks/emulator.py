@@ -1,0 +1,288 @@
+"""The local Service Bus emulator through the unchanged SDK, side by side with RabbitMQ (pika).
+
+Workload, identical for both brokers (durable: a send is acknowledged only once stored):
+* latency: one message at a time, send -> receive -> complete (RabbitMQ: publish with confirms ->
+  basic_get -> ack); p50 / p99 of the whole round trip;
+* throughput: 4 sender and 4 receiver processes, each with its own connection, moving N messages;
+  receivers settle every message (complete / ack) individually.
+
+Targets: p99 <= 5 ms, >= 2,000 msg/s, >= 0.5x RabbitMQ.
+
+    .venv/bin/python -m benchmarks emulator [--messages=N] [--latency-runs=N] [--no-rabbitmq]
+                                            [--durability=full|normal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Self
+
+from rich.console import Console
+from rich.table import Table
+
+P99_GOAL_MS = 5.0
+THROUGHPUT_GOAL = 2000.0
+RATIO_GOAL = 0.5
+QUEUE = "bench"
+
+
+# -- emulator ---------------------------------------------------------------------------------------
+def _sb_sender(conn: str, count: int, start: mp.Event) -> None:
+    from azure.servicebus import ServiceBusClient, ServiceBusMessage
+
+    with ServiceBusClient.from_connection_string(conn) as client, client.get_queue_sender(QUEUE) as sender:
+        start.wait()
+        for i in range(count):
+            sender.send_messages(ServiceBusMessage(f"m{i}"))
+
+
+def _sb_receiver(conn: str, done: mp.Value, total: int, start: mp.Event) -> None:
+    from azure.servicebus import ServiceBusClient
+
+    with ServiceBusClient.from_connection_string(conn) as client, client.get_queue_receiver(
+            QUEUE, prefetch_count=50) as receiver:
+        start.wait()
+        while done.value < total:
+            for msg in receiver.receive_messages(max_message_count=50, max_wait_time=0.5):
+                receiver.complete_message(msg)
+                with done.get_lock():
+                    done.value += 1
+
+
+def emulator_latency(conn: str, runs: int) -> list[float]:
+    from azure.servicebus import ServiceBusClient, ServiceBusMessage
+
+    samples = []
+    with ServiceBusClient.from_connection_string(conn) as client, client.get_queue_sender(QUEUE) as sender, \
+            client.get_queue_receiver(QUEUE, prefetch_count=0) as receiver:
+        for i in range(runs + 20):
+            t0 = time.perf_counter()
+            sender.send_messages(ServiceBusMessage(f"lat{i}"))
+            (msg,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+            receiver.complete_message(msg)
+            if i >= 20:  # warm-up
+                samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def throughput(sender: Callable, receiver: Callable, conn: str, total: int, workers: int = 4) -> float:
+    ctx = mp.get_context("fork")
+    start = ctx.Event()
+    done = ctx.Value("i", 0)
+    per_sender = total // workers
+    total = per_sender * workers
+    procs = [ctx.Process(target=sender, args=(conn, per_sender, start)) for _ in range(workers)]
+    procs += [ctx.Process(target=receiver, args=(conn, done, total, start)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    time.sleep(3)  # every client connected and attached before the clock starts
+    t0 = time.perf_counter()
+    start.set()
+    deadline = time.monotonic() + 300
+    while done.value < total and time.monotonic() < deadline:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+    if done.value < total:
+        raise RuntimeError(f"only {done.value}/{total} messages moved within the deadline")
+    return total / elapsed
+
+
+# -- RabbitMQ ---------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _epmd_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "epmd"], capture_output=True, text=True, check=False).stdout
+    return {int(p) for p in out.split()}
+
+
+class RabbitMQ:
+    """rabbitmq-server started by hand (there is no systemd here) as the rabbitmq user, in its own
+    process group; stopped by that group, plus the epmd daemon if this run started it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+        self._epmd_before: set[int] = set()
+
+    def __enter__(self) -> Self:
+        for sub in ("mnesia", "log", "etc"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "etc" / "enabled_plugins").write_text("[].\n")
+        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.root)], check=True)
+        for d in (self.root, self.root.parent):
+            os.chmod(d, 0o755)  # the rabbitmq user must reach its directories
+        env = dict(os.environ, HOME="/var/lib/rabbitmq", RABBITMQ_MNESIA_BASE=str(self.root / "mnesia"),
+                   RABBITMQ_LOG_BASE=str(self.root / "log"),
+                   RABBITMQ_ENABLED_PLUGINS_FILE=str(self.root / "etc" / "enabled_plugins"),
+                   RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(_free_port()),
+                   RABBITMQ_NODENAME=f"bench{self.port}@localhost", RABBITMQ_PID_FILE=str(self.root / "pid"))
+        self._epmd_before = _epmd_pids()
+        # setpriv, not the packaged wrapper's `su`, so the server stays in our process group
+        cmd = ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", "--reuid=rabbitmq", "--regid=rabbitmq", "--init-groups", *cmd]
+        self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        import pika
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.port)).close()
+                return self
+            except pika.exceptions.AMQPConnectionError:  # not up yet
+                time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"rabbitmq-server did not start (see {self.root / 'log'})")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+            self.proc = None
+        for pid in _epmd_pids() - self._epmd_before:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _rmq_channel(port: int):
+    import pika
+
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    ch = conn.channel()
+    ch.queue_declare(QUEUE, durable=True)
+    return conn, ch
+
+
+def _rmq_sender(port: str, count: int, start: mp.Event) -> None:
+    import pika
+
+    conn, ch = _rmq_channel(int(port))
+    ch.confirm_delivery()  # publish returns once the broker has stored the message
+    props = pika.BasicProperties(delivery_mode=2)
+    start.wait()
+    for i in range(count):
+        ch.basic_publish("", QUEUE, f"m{i}".encode(), props)
+    conn.close()
+
+
+def _rmq_receiver(port: str, done: mp.Value, total: int, start: mp.Event) -> None:
+    conn, ch = _rmq_channel(int(port))
+    ch.basic_qos(prefetch_count=50)
+    start.wait()
+
+    def on_message(channel, method, _props, _body) -> None:
+        channel.basic_ack(method.delivery_tag)
+        with done.get_lock():
+            done.value += 1
+
+    ch.basic_consume(QUEUE, on_message)
+    while done.value < total:
+        conn.process_data_events(time_limit=0.2)
+    conn.close()
+
+
+def rabbitmq_latency(port: int, runs: int) -> list[float]:
+    import pika
+
+    conn, ch = _rmq_channel(port)
+    ch.confirm_delivery()
+    props = pika.BasicProperties(delivery_mode=2)
+    samples = []
+    for i in range(runs + 20):
+        t0 = time.perf_counter()
+        ch.basic_publish("", QUEUE, f"lat{i}".encode(), props)
+        method = None
+        while method is None:
+            method, _, _ = ch.basic_get(QUEUE)
+        ch.basic_ack(method.delivery_tag)
+        if i >= 20:
+            samples.append((time.perf_counter() - t0) * 1000)
+    conn.close()
+    return samples
+
+
+# -- report -----------------------------------------------------------------------------------------
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks emulator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=8000, help="messages in the throughput run")
+    parser.add_argument("--latency-runs", type=int, default=1000, help="round trips in the latency run")
+    parser.add_argument("--no-rabbitmq", action="store_true", help="skip the RabbitMQ comparison")
+    parser.add_argument("--durability", choices=["full", "normal"], default="full",
+                        help="the emulator's SQLite synchronous mode (default full: fsync per commit)")
+    args = parser.parse_args(argv)
+
+    from tests.fixtures.emulator import write_emulator_config
+    from worker.emulator.launcher import EmulatorProcess
+
+    console = Console()
+    rows: list[tuple[str, list[float], float]] = []
+    root = Path(tempfile.mkdtemp(prefix="bench-emulator-"))
+    try:
+        write_emulator_config(root / "emulator.yaml", queues=[{"name": QUEUE}])
+        emu = EmulatorProcess(root / "emulator.yaml", root / "data", durability=args.durability)
+        emu.start()
+        try:
+            console.print(f"emulator on 127.0.0.1:{emu.port} (durability {args.durability}) ...")
+            lat = emulator_latency(emu.connection_string(), args.latency_runs)
+            tput = throughput(_sb_sender, _sb_receiver, emu.connection_string(), args.messages)
+            rows.append(("emulator (azure-servicebus SDK)", lat, tput))
+        finally:
+            emu.stop()
+        if not args.no_rabbitmq and shutil.which("rabbitmq-server"):
+            console.print("starting rabbitmq-server ...")
+            with RabbitMQ(root / "rabbitmq") as rmq:
+                lat = rabbitmq_latency(rmq.port, args.latency_runs)
+                tput = throughput(_rmq_sender, _rmq_receiver, str(rmq.port), args.messages)
+                rows.append(("RabbitMQ 3 (pika, confirms, persistent)", lat, tput))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    table = Table(title=f"send -> receive -> settle, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    for col in ("broker", "p50 ms", "p99 ms", "mean ms", "msg/s (4+4)", "vs RabbitMQ"):
+        table.add_column(col, justify="right" if col != "broker" else "left")
+    base = rows[1][2] if len(rows) > 1 else None
+    for name, lat, tput in rows:
+        table.add_row(name, f"{statistics.median(lat):.2f}", f"{_pct(lat, 0.99):.2f}", f"{statistics.mean(lat):.2f}",
+                      f"{tput:,.0f}", f"{tput / base:.2f}x" if base else "-")
+    console.print(table)
+    emu_lat, emu_tput = rows[0][1], rows[0][2]
+    checks = [f"p99 {_pct(emu_lat, 0.99):.2f} ms (goal <= {P99_GOAL_MS})",
+              f"{emu_tput:,.0f} msg/s (goal >= {THROUGHPUT_GOAL:,.0f})"]
+    if base:
+        checks.append(f"{emu_tput / base:.2f}x RabbitMQ (goal >= {RATIO_GOAL})")
+    console.print("emulator: " + "; ".join(checks))
