@@ -199,7 +199,9 @@ def worker(debian_base_tarball: Path, pool: Pool, tmp_path_factory) -> Iterator[
                                     "ansible_python_interpreter=/usr/bin/python3\n")
         extra = {
             "worker_agent_wheel": str(wheel),
-            "ml_base_profile": "minimal",
+            # minimal keeps CI fast; COMPUTE_POOLS_IMAGE_PROFILE=full (+ _FEATURES=torch) checks the image's.
+            "ml_base_profile": os.environ.get("COMPUTE_POOLS_IMAGE_PROFILE", "minimal"),
+            "ml_base_features": [f for f in os.environ.get("COMPUTE_POOLS_IMAGE_FEATURES", "").split(",") if f],
             "worker_agent_pool": pool.competition,
             "worker_agent_servicebus": pool.servicebus_settings("a"),
             "worker_agent_shutdown_grace_s": 60,
