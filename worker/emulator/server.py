@@ -507,6 +507,8 @@ class AmqpConnection(asyncio.Protocol):
         except AuthError as exc:
             return _status(request, 401, f"Unauthorized: {exc}", code_key="status-code",
                            description_key="status-description")
+        now = time.time()  # the SDK refreshes tokens on long-lived connections: drop expired grants
+        self.grants = [g for g in self.grants if g.expires > now]
         self.grants.append(grant)
         return _status(request, 202, "Accepted", code_key="status-code", description_key="status-description")
 
