@@ -52,7 +52,9 @@ def test_kill9_keeps_acknowledged_messages_and_releases_locks(emulator_factory):
     assert fresh.sequence_number > last_seq
 
 
-def test_kill9_during_a_send_stream_loses_no_acknowledged_message(emulator_factory):
+@pytest.mark.parametrize("group_commit", ["0", "1"], ids=["inline-commit", "group-commit"])
+def test_kill9_during_a_send_stream_loses_no_acknowledged_message(emulator_factory, monkeypatch, group_commit):
+    monkeypatch.setenv("POOL_EMULATOR_GROUP_COMMIT", group_commit)  # inherited by the emulator process
     emu = emulator_factory(queues=[{"name": "stream"}])
     acked: list[str] = []
     errors: list[Exception] = []

@@ -1,17 +1,28 @@
 """Durable state: queues, messages and duplicate-detection history in SQLite (WAL mode).
 
-Writes accumulate in one open transaction; the broker calls :meth:`Store.commit` once per event-loop
-turn and only then acknowledges the sends and settlements of that turn, so an acknowledged operation
-is on disk (``synchronous=FULL`` fsyncs the WAL on every commit) and survives a kill -9. Locks are
-deliberately not stored: after a restart every message is unlocked and delivered again.
+Writes of one event-loop turn are collected and handed, with the callbacks that acknowledge them, to
+a writer thread (:meth:`Store.submit`). The writer commits everything that is waiting in one
+transaction (group commit: while one fsync runs, the next batch builds up) and only then runs the
+callbacks back on the event loop, in submission order. So an acknowledged operation is on disk
+(``synchronous=FULL`` fsyncs the WAL on every commit) and survives a kill -9, and the event loop never
+waits for the disk. Locks are deliberately not stored: after a restart every message is unlocked
+and delivered again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import queue
 import sqlite3
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+Op = tuple[str, tuple]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -68,12 +79,16 @@ class Store:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves to batch a loop turn's writes.
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves to batch writes.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(SCHEMA)
-        self._in_tx = False
+        self._ops: list[Op] = []
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.failed: BaseException | None = None
 
     # -- reading at start-up -------------------------------------------------------------------
     def load_queues(self) -> list[tuple[dict, int, bool]]:
@@ -90,61 +105,109 @@ class Store:
     def load_dedup(self) -> list[tuple[str, str, int]]:
         return self._db.execute("SELECT queue, message_id, expires_ms FROM dedup").fetchall()
 
-    # -- writing (inside the turn's transaction) -------------------------------------------------
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self._db.execute("BEGIN")
-            self._in_tx = True
-
+    # -- writing: collected per turn -------------------------------------------------------------
     @property
     def dirty(self) -> bool:
-        return self._in_tx
+        return bool(self._ops)
 
     def put_queue(self, name: str, config: dict, next_seq: int, runtime: bool) -> None:
-        self._begin()
-        self._db.execute(
+        self._ops.append((
             "INSERT INTO queues (name, config, next_seq, runtime) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET config=excluded.config, runtime=excluded.runtime",
-            (name, json.dumps(config), next_seq, int(runtime)))
+            (name, json.dumps(config), next_seq, int(runtime))))
 
     def set_next_seq(self, name: str, next_seq: int) -> None:
-        self._begin()
-        self._db.execute("UPDATE queues SET next_seq=? WHERE name=?", (next_seq, name))
+        self._ops.append(("UPDATE queues SET next_seq=? WHERE name=?", (next_seq, name)))
 
     def insert(self, row: MessageRow) -> None:
-        self._begin()
-        self._db.execute(
+        self._ops.append((
             "INSERT INTO messages (queue, seq, dlq, state, delivery_count, enqueued_ms, scheduled_ms, expires_ms,"
             " message_id, durable, priority, ttl_ms, annotations, bare) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row.queue, row.seq, int(row.dlq), row.state, row.delivery_count, row.enqueued_ms, row.scheduled_ms,
              row.expires_ms, row.message_id, int(row.durable), row.priority, row.ttl_ms, row.annotations,
-             row.bare))
+             row.bare)))
 
     def update(self, queue: str, seq: int, **fields: object) -> None:
-        self._begin()
         cols = ", ".join(f"{k}=?" for k in fields)
-        values = [int(v) if isinstance(v, bool) else v for v in fields.values()]
-        self._db.execute(f"UPDATE messages SET {cols} WHERE queue=? AND seq=?", (*values, queue, seq))
+        values = tuple(int(v) if isinstance(v, bool) else v for v in fields.values())
+        self._ops.append((f"UPDATE messages SET {cols} WHERE queue=? AND seq=?", (*values, queue, seq)))
 
     def delete(self, queue: str, seq: int) -> None:
-        self._begin()
-        self._db.execute("DELETE FROM messages WHERE queue=? AND seq=?", (queue, seq))
+        self._ops.append(("DELETE FROM messages WHERE queue=? AND seq=?", (queue, seq)))
 
     def remember_id(self, queue: str, message_id: str, expires_ms: int) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO dedup (queue, message_id, expires_ms) VALUES (?,?,?)",
-                         (queue, message_id, expires_ms))
+        self._ops.append(("INSERT OR REPLACE INTO dedup (queue, message_id, expires_ms) VALUES (?,?,?)",
+                          (queue, message_id, expires_ms)))
 
     def forget_ids_before(self, now_ms: int) -> None:
-        self._begin()
-        self._db.execute("DELETE FROM dedup WHERE expires_ms <= ?", (now_ms,))
+        self._ops.append(("DELETE FROM dedup WHERE expires_ms <= ?", (now_ms,)))
+
+    def _apply(self, ops: list[Op]) -> None:
+        if not ops:
+            return
+        self._db.execute("BEGIN")
+        try:
+            for sql, params in ops:
+                self._db.execute(sql, params)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def commit(self) -> None:
-        if self._in_tx:
-            self._db.execute("COMMIT")
-            self._in_tx = False
+        """Write what is collected now, on the calling thread (start-up, shutdown)."""
+        ops, self._ops = self._ops, []
+        self._apply(ops)
+
+    # -- the writer thread -----------------------------------------------------------------------
+    def start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._writer = threading.Thread(target=self._write_loop, name="emulator-store-writer", daemon=True)
+        self._writer.start()
+
+    def submit(self, callbacks: list[Callable[[], None]], run: Callable[[list[Callable[[], None]]], None]) -> None:
+        """Commit this turn's writes in the background, then ``run(callbacks)`` on the event loop."""
+        ops, self._ops = self._ops, []
+        if self._writer is None:  # not started (tests of the broker alone): synchronous
+            self._apply(ops)
+            run(callbacks)
+            return
+        self._queue.put((ops, callbacks, run))
+
+    def _write_loop(self) -> None:
+        assert self._loop is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:  # group commit: take everything that piled up during the last fsync
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            try:
+                self._apply([op for ops, _, _ in batch for op in ops])
+            except Exception as exc:  # disk full, I/O error: acknowledge nothing of these turns
+                log.exception("store commit failed; %d turns are not acknowledged", len(batch))
+                self.failed = exc
+                continue
+            for _, callbacks, run in batch:
+                if callbacks:
+                    try:
+                        self._loop.call_soon_threadsafe(run, callbacks)
+                    except RuntimeError:  # loop closed during shutdown
+                        return
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(30)
+            self._writer = None
         try:
             self.commit()
         finally:
