@@ -112,8 +112,8 @@ class Store:
 
     def put_queue(self, name: str, config: dict, next_seq: int, runtime: bool) -> None:
         self._ops.append((
-            "INSERT INTO queues (name, config, next_seq, runtime) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(name) DO UPDATE SET config=excluded.config, runtime=excluded.runtime",
+            ("INSERT INTO queues (name, config, next_seq, runtime) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET config=excluded.config, runtime=excluded.runtime"),
             (name, json.dumps(config), next_seq, int(runtime))))
 
     def set_next_seq(self, name: str, next_seq: int) -> None:
@@ -121,8 +121,8 @@ class Store:
 
     def insert(self, row: MessageRow) -> None:
         self._ops.append((
-            "INSERT INTO messages (queue, seq, dlq, state, delivery_count, enqueued_ms, scheduled_ms, expires_ms,"
-            " message_id, durable, priority, ttl_ms, annotations, bare) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            ("INSERT INTO messages (queue, seq, dlq, state, delivery_count, enqueued_ms, scheduled_ms, expires_ms,"
+            " message_id, durable, priority, ttl_ms, annotations, bare) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"),
             (row.queue, row.seq, int(row.dlq), row.state, row.delivery_count, row.enqueued_ms, row.scheduled_ms,
              row.expires_ms, row.message_id, int(row.durable), row.priority, row.ttl_ms, row.annotations,
              row.bare)))
