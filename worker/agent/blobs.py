@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, ContentSettings, ExponentialRetry
 
 from worker.agent.errors import InfrastructureError
@@ -24,12 +25,18 @@ _TEXT = ContentSettings(content_type="text/plain; charset=utf-8")
 RETRY: dict[str, float] = {"initial_backoff": 0.5, "increment_base": 2, "retry_total": 3, "random_jitter_range": 1}
 
 
+# One HTTP session for every blob client of the agent: a task's handful of clients (logs, control,
+# output) reuse pooled connections instead of each opening its own (requests' pool is thread-safe).
+# (Its session is made by azure-core itself: urllib3 retries off, so errors never echo a SAS URL.)
+_TRANSPORT = RequestsTransport(connection_timeout=5, read_timeout=60)
+_TRANSPORT.open()  # now, not lazily from several threads at once
+
+
 def client(url: str) -> BlobClient:
     return BlobClient.from_blob_url(
         url,
         retry_policy=ExponentialRetry(**RETRY),  # type: ignore[arg-type]
-        connection_timeout=5,
-        read_timeout=60,
+        transport=_TRANSPORT,
     )
 
 
@@ -78,9 +85,14 @@ def upload_file(url: str, path: Path) -> None:
 
 
 def read_control(url: str) -> ControlSignal | None:
-    """The site's control signal for this task, or None ("carry on"). Raises AzureError on failure."""
+    """The site's control signal for this task, or None ("carry on"). Raises AzureError on failure.
+
+    A HEAD first: the usual answer is "no such blob", which a HEAD gives for less than a download."""
+    blob = client(url)
     try:
-        body = client(url).download_blob().readall()
+        if blob.get_blob_properties().size == 0:
+            return None
+        body = blob.download_blob().readall()
     except ResourceNotFoundError:
         return None
     if not body.strip():

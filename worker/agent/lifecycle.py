@@ -19,11 +19,13 @@ agent shutting down past its grace     (no final status)                   aband
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +67,13 @@ _FINAL_STATE = {
 
 class TaskRun:
     def __init__(self, task: Task, reporter: TaskReporter, config: AgentConfig, driver: ExecutionDriver,
-                 cache: InputCache) -> None:
+                 cache: InputCache, executor: Executor | None = None) -> None:
+        """``executor``: threads for the independent round trips before the start (the agent keeps
+        one for all its tasks, so no thread is started per task); without one a private pool is used."""
         self.task = task
         self.reporter = reporter
+        reporter.on_failure = self._infrastructure_failed  # a status that could not be sent
+        self.executor = executor
         self.config = config
         self.driver = driver
         self.cache = cache
@@ -88,8 +94,9 @@ class TaskRun:
         if supervisor is not None:
             supervisor.kill(reason)
 
-    def _storage_failed(self, error: InfrastructureError) -> None:
-        self._infra_error = error
+    def _infrastructure_failed(self, error: InfrastructureError) -> None:
+        """Logs or statuses cannot be written: stop the program; the run hands the task back."""
+        self._infra_error = self._infra_error or error
         self.stop(KillReason.SHUTDOWN)
 
     # -- the run ---------------------------------------------------------------------------------
@@ -103,6 +110,10 @@ class TaskRun:
             log.exception("task %s: unexpected error, handing it back", self.task.task_id)
             self.result = RunResult(Outcome.ABANDON, reason=f"agent error: {exc!r}")
         finally:
+            try:  # every status of this run is out before its message is settled (a no-op after a final one)
+                self.reporter.flush(timeout=30)
+            except InfrastructureError:
+                pass
             try:
                 self.workspace.remove()
             except OSError as exc:
@@ -110,12 +121,12 @@ class TaskRun:
         return self.result
 
     def _final(self, state: TaskState, **fields: object) -> RunResult:
-        self.reporter.send(state, **fields)
+        self.reporter.finish(state, **fields)  # waits until it and every status before it were sent
         return RunResult(Outcome.COMPLETE, state=state, reason=fields.get("reason"))  # type: ignore[arg-type]
 
     def _run(self) -> RunResult:
         self.reporter.send(TaskState.RECEIVED)
-        with Heartbeat(self.reporter, self.config.heartbeat_interval_s):
+        with Heartbeat(self.reporter.sender, self.reporter, self.config.heartbeat_interval_s):
             return self._run_received()
 
     def _run_received(self) -> RunResult:
@@ -123,9 +134,10 @@ class TaskRun:
         self.reporter.send(TaskState.PREPARING)
         streamer = LogStreamer(blobs.AppendBlob(task.stdout_url), blobs.AppendBlob(task.stderr_url),
                                cap_bytes=limits_cfg.log_bytes, interval_s=self.config.log_flush_interval_s,
-                               on_failure=self._storage_failed)
+                               on_failure=self._infrastructure_failed)
         # Independent round trips, overlapped: the cancel check and creating the two log blobs.
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="prepare") as pool:
+        with contextlib.ExitStack() as stack:
+            pool = self.executor or stack.enter_context(ThreadPoolExecutor(3, thread_name_prefix="prepare"))
             cancelled = pool.submit(cancel_requested, task.control_url)
             created = [pool.submit(stream.blob.create) for stream in streamer.streams.values()]
             self.workspace.create()
@@ -193,12 +205,14 @@ class TaskRun:
             reason = watcher.signal.reason if watcher.signal else "cancelled"
             return self._final(TaskState.CANCELLED, reason=reason, **fields)
         output_bytes = None
-        if self.task.output_url:
+        if self.task.output_url and not self._nothing_to_upload():
             self.reporter.send(TaskState.UPLOADING)
             try:
                 output_bytes = self._upload()
             except OutputTooLarge as exc:
                 return self._final(TaskState.FAILED, reason=str(exc), **fields)
+        elif self.task.output_url:
+            output_bytes = 0  # output/ is empty: no archive
         fields["output_bytes"] = output_bytes
         if result.kill_reason is not None:
             state = _FINAL_STATE.get(result.kill_reason, TaskState.FAILED)
@@ -208,6 +222,17 @@ class TaskRun:
         reason = (f"the program exited with code {result.exit_code}" if result.exit_code is not None
                   else f"the program was killed by signal {result.signal}")
         return self._final(TaskState.FAILED, reason=reason, **fields)
+
+    def _nothing_to_upload(self) -> bool:
+        """output/ is empty and no earlier delivery of this attempt can have left an archive behind
+        (a redelivery always uploads, so the blob never shows another delivery's output)."""
+        if self.reporter.delivery_count:
+            return False
+        try:
+            with os.scandir(self.workspace.output) as entries:
+                return next(entries, None) is None
+        except FileNotFoundError:  # the program removed output/ itself
+            return True
 
     def _upload(self) -> int:
         assert self.task.output_url

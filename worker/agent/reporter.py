@@ -1,4 +1,14 @@
-"""Status reports on the response queue: one sender, shared by the task thread and the heartbeat.
+"""Status reports on the response queue, sent in the background, in order, batched when they queue up.
+
+A task's steps do not wait for each status to reach Service Bus (a round trip each): ``send``
+queues the status and returns; one sender thread per agent sends whatever has queued up, in
+sequence order, as one batch when there are several. Only the **final** status is waited for
+(:meth:`TaskReporter.flush`), so a message is still completed only after its final status — and
+every status before it — was sent. A status that cannot be sent stops the task (it is handed back,
+as before); a heartbeat that cannot be sent is only logged.
+
+The same thread sends the heartbeats of the task in hand (the current state again, ``heartbeat:
+true``, every ``heartbeat_interval_s`` from ``received`` until the final status, never after).
 
 Sequence numbers are strictly increasing per attempt, also across redeliveries of the same attempt
 (a worker crashed, or a task was handed back): ``seq = delivery_count * SEQ_PER_DELIVERY + n``, so the
@@ -7,8 +17,12 @@ watcher's "ignore stale seq" rule never drops the statuses of a redelivered run.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
@@ -21,32 +35,123 @@ from worker.servicebus import status_sender
 log = logging.getLogger(__name__)
 
 SEQ_PER_DELIVERY = 1_000_000  # heartbeats every second for 11 days still fit in one delivery's range
+MAX_BATCH = 50  # statuses are ~1 KB; a batch stays far below the 256 KB message limit
+FLUSH_TIMEOUT_S = 120.0  # the SDK's own retries end long before this; a guard against a wedged link
+
+
+@dataclass
+class _Pending:
+    queue: str
+    status: Status
+    reporter: TaskReporter
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _message(status: Status) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        encode(status),
+        content_type=CONTENT_TYPE,
+        message_id=f"{status.task_id}:{status.attempt}:{status.seq}",
+        application_properties={"task_id": status.task_id, "state": status.state.value},
+    )
 
 
 class StatusSender:
-    """Sends statuses to a response queue; thread-safe; reopens its sender after a failure."""
+    """Sends statuses to response queues from one background thread (thread-safe; one per agent).
+
+    The thread also ticks the heartbeats of the reporter registered with :meth:`heartbeats`. It
+    reopens its AMQP sender after a failure.
+    """
 
     def __init__(self, client: ServiceBusClient) -> None:
         self._client = client
         self._senders: dict[str, ServiceBusSender] = {}
-        self._lock = threading.Lock()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._beat: tuple[TaskReporter, float] | None = None  # (reporter, interval)
+        self._next_beat = float("inf")
 
-    def send(self, queue: str, status: Status) -> None:
-        message = ServiceBusMessage(
-            encode(status),
-            content_type=CONTENT_TYPE,
-            message_id=f"{status.task_id}:{status.attempt}:{status.seq}",
-            application_properties={"task_id": status.task_id, "state": status.state.value},
-        )
-        with self._lock:
-            sender = self._senders.get(queue)
-            try:
+    # -- called by reporters -----------------------------------------------------------------------
+    def enqueue(self, item: _Pending) -> None:
+        with self._cond:
+            if self._closed:
+                raise InfrastructureError("the status sender is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="status-sender", daemon=True)
+                self._thread.start()
+            self._queue.append(item)
+            self._cond.notify()
+
+    def heartbeats(self, reporter: TaskReporter | None, interval_s: float = 0.0) -> None:
+        """Tick ``reporter.heartbeat()`` every ``interval_s`` (None: stop ticking)."""
+        with self._cond:
+            self._beat = (reporter, interval_s) if reporter is not None else None
+            self._next_beat = time.monotonic() + interval_s if reporter is not None else float("inf")
+            self._cond.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, stop the thread, close the links."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        for queue in list(self._senders):
+            self._drop(queue)
+
+    # -- the sender thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            beat: TaskReporter | None = None
+            with self._cond:
+                while not self._queue and not self._closed:
+                    wait = self._next_beat - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(None if wait == float("inf") else wait)
+                if not self._queue and self._closed:
+                    return
+                if self._beat is not None and time.monotonic() >= self._next_beat:
+                    beat, interval = self._beat
+                    self._next_beat = time.monotonic() + interval
+                batch = self._take_batch()
+            if beat is not None and not batch:
+                beat.heartbeat()  # queues it; sent on the next turn
+                continue
+            if batch:
+                self._send_batch(batch)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < MAX_BATCH and (not batch or self._queue[0].queue == batch[0].queue):
+            batch.append(self._queue.popleft())
+        return batch
+
+    def _send_batch(self, batch: list[_Pending]) -> None:
+        live = [item for item in batch if item.reporter.error is None]  # a failed run sends nothing more
+        queue = batch[0].queue
+        try:
+            if live:
+                sender = self._senders.get(queue)
                 if sender is None:
                     sender = self._senders[queue] = status_sender(self._client, queue)
-                sender.send_messages(message)
-            except (ServiceBusError, OSError) as exc:
-                self._drop(queue)
-                raise InfrastructureError(f"cannot send status to {queue}: {exc}") from exc
+                messages = [_message(item.status) for item in live]
+                sender.send_messages(messages if len(messages) > 1 else messages[0])
+        except (ServiceBusError, OSError) as exc:
+            self._drop(queue)
+            error = InfrastructureError(f"cannot send status to {queue}: {exc}")
+            for item in live:
+                item.reporter.failed(item.status, error)
+        except Exception as exc:  # a bug must not kill the sender thread (nothing would be sent after it)
+            log.exception("sending statuses failed")
+            for item in live:
+                item.reporter.failed(item.status, InfrastructureError(f"cannot send status: {exc!r}"))
+        finally:
+            for item in batch:
+                item.done.set()
 
     def _drop(self, queue: str) -> None:
         sender = self._senders.pop(queue, None)
@@ -56,38 +161,73 @@ class StatusSender:
             except Exception as exc:  # noqa: BLE001 - already broken; closing is best effort
                 log.debug("closing a broken sender: %r", exc)
 
-    def close(self) -> None:
-        with self._lock:
-            for queue in list(self._senders):
-                self._drop(queue)
-
 
 class TaskReporter:
     """The statuses of one delivery of one task attempt."""
 
-    def __init__(self, sender: StatusSender, task: Task, worker_id: str, host: HostFacts,
-                 delivery_count: int | None) -> None:
+    def __init__(self, sender: StatusSender, task: Task | None, worker_id: str, host: HostFacts | None,
+                 delivery_count: int | None, on_failure: Callable[[InfrastructureError], None] | None = None) -> None:
         self._sender = sender
         self.task = task
         self.worker_id = worker_id
         self.host = host
-        self._seq = (delivery_count or 0) * SEQ_PER_DELIVERY
+        self.delivery_count = delivery_count or 0
+        self.on_failure = on_failure
+        self._seq = self.delivery_count * SEQ_PER_DELIVERY
         self._lock = threading.Lock()
         self.state: TaskState | None = None
-        self.sent: list[Status] = []
+        self.sent: list[Status] = []  # queued statuses (the first 1000), for tests and debugging
+        self.error: InfrastructureError | None = None
+        self._last: _Pending | None = None
+
+    @property
+    def sender(self) -> StatusSender:
+        return self._sender
 
     def heartbeat(self) -> Status | None:
         """Repeat the current state as a heartbeat; nothing before the first or after the final status."""
         with self._lock:
-            if self.state is None or self.state.terminal:
+            if self.state is None or self.state.terminal or self.error is not None:
                 return None
-            return self._send(self.state, heartbeat=True)
+            return self._queue(self.state, heartbeat=True)
 
     def send(self, state: TaskState, **fields: Any) -> Status:
-        with self._lock:  # seq order == send order, even with the heartbeat thread racing
-            return self._send(state, **fields)
+        """Queue a status (sent in the background); raises the error of an earlier status that failed."""
+        with self._lock:  # seq order == queue order == send order, heartbeats included
+            if self.error is not None:
+                raise self.error
+            return self._queue(state, **fields)
 
-    def _send(self, state: TaskState, *, heartbeat: bool = False, **fields: Any) -> Status:
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait until every queued status was sent; InfrastructureError if one could not be."""
+        with self._lock:
+            last = self._last
+        if last is not None and not last.done.wait(timeout):
+            self.failed(last.status, InfrastructureError(f"status not sent within {timeout:.0f} s"))
+        if self.error is not None:
+            raise self.error
+
+    def finish(self, state: TaskState, **fields: Any) -> Status:
+        """The final status: queued after everything before it, and waited for."""
+        status = self.send(state, **fields)
+        self.flush()
+        return status
+
+    def failed(self, status: Status, error: InfrastructureError) -> None:
+        """Called by the sender thread for a status that could not be sent."""
+        if status.heartbeat:  # a missed heartbeat is not fatal; the next one or the final status is
+            log.warning("heartbeat not sent: %s", error)
+            return
+        with self._lock:
+            first = self.error is None
+            self.error = self.error or error
+        if first:
+            log.warning("status %s not sent: %s", status.state.value, error)
+            if self.on_failure is not None:
+                self.on_failure(error)
+
+    def _queue(self, state: TaskState, *, heartbeat: bool = False, **fields: Any) -> Status:
+        assert self.task is not None
         status = Status(
             task_id=self.task.task_id,
             attempt=self.task.attempt,
@@ -98,10 +238,12 @@ class TaskReporter:
             host=self.host if not self.sent else None,
             **fields,
         )
-        self._sender.send(self.task.reply_to, status)
+        item = _Pending(self.task.reply_to, status, self)
+        self._sender.enqueue(item)
+        self._last = item
         self._seq += 1
         self.state = state
-        if len(self.sent) < 1000:  # the first statuses, for tests and debugging; heartbeats are endless
+        if len(self.sent) < 1000:  # heartbeats are endless
             self.sent.append(status)
-        log.debug("status %s seq=%d%s", state.value, status.seq, " (heartbeat)" if heartbeat else "")
+        log.debug("status %s seq=%d%s queued", state.value, status.seq, " (heartbeat)" if heartbeat else "")
         return status

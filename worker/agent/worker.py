@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiver
 from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
@@ -57,6 +58,8 @@ class Agent:
         self.cache = InputCache(config.resolved_cache_dir(), config.cache.max_bytes)
         self.tasks_handled = 0
         self.reconnects = 0
+        # Kept for the agent's life: a task's preparation round trips start no threads of their own.
+        self._prepare_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="prepare")
 
     # -- outer loop: connections ---------------------------------------------------------------
     def run(self) -> int:
@@ -85,6 +88,7 @@ class Agent:
         finally:
             sender.close()
             response.close()
+            self._prepare_pool.shutdown(wait=False)
         log.info("agent %s stopped after %d task(s)", self.worker_id, self.tasks_handled)
         return 0
 
@@ -132,7 +136,7 @@ class Agent:
             return
         log.info("task %s attempt %d received (delivery %s)", task.task_id, task.attempt, message.delivery_count)
         reporter = TaskReporter(sender, task, self.worker_id, self.host, message.delivery_count)
-        run = TaskRun(task, reporter, self.config, self.driver, self.cache)
+        run = TaskRun(task, reporter, self.config, self.driver, self.cache, self._prepare_pool)
         thread = threading.Thread(target=run.run, name=f"task-{task.task_id}", daemon=True)
         thread.start()
         lost = self._watch(run, thread, LockKeeper(receiver, message))

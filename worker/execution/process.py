@@ -2,7 +2,9 @@
 
 The program gets its own session (``setsid``: new session and process group) and a minimal
 environment (never the agent's, which may hold credentials). Limits it can enforce are per-process
-rlimits; the wall-clock limit, cancellation and output caps are enforced by killing the whole tree.
+rlimits, set by util-linux ``prlimit`` exec'ing the program (so Python can spawn with vfork), or by a
+``preexec_fn`` where ``prlimit`` is missing; the wall-clock limit, cancellation and output caps are
+enforced by killing the whole tree.
 
 Killing "the whole tree" of an unsandboxed program is best effort, so it is layered:
 
@@ -17,7 +19,9 @@ drivers (pid namespaces, cgroups, job objects) do not have that gap.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,17 +65,48 @@ def _rlimit_plan(limits: Limits) -> list[tuple[int, int]]:
     return [(which, value) for which, value in plan if value is not None]
 
 
+def _ceiling(which: int, value: int) -> int:
+    """The limit a child can actually get: never above the hard limit it inherits from us."""
+    _soft, hard = resource.getrlimit(which)
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
 def _make_preexec(plan: list[tuple[int, int]]):
     if not plan:
         return None
 
     def apply() -> None:  # runs in the child between fork and exec: no imports, no locks, no I/O
         for which, value in plan:
-            _soft, hard = resource.getrlimit(which)
-            ceiling = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            ceiling = _ceiling(which, value)
             resource.setrlimit(which, (ceiling, ceiling))
 
     return apply
+
+
+# util-linux prlimit(1) sets the limits and execs the program. Spawning through it lets Python use
+# vfork (a preexec_fn forces a full fork of the agent: ~4 ms instead of ~1.5 ms per task here).
+_PRLIMIT = shutil.which("prlimit") if sys.platform.startswith("linux") else None
+_PRLIMIT_OPTIONS = {} if sys.platform == "win32" else {
+    resource.RLIMIT_AS: "--as", resource.RLIMIT_CPU: "--cpu", resource.RLIMIT_FSIZE: "--fsize",
+    resource.RLIMIT_NOFILE: "--nofile", resource.RLIMIT_NPROC: "--nproc",
+}
+
+
+def _prlimit_argv(plan: list[tuple[int, int]], argv: list[str]) -> list[str]:
+    options = [f"{_PRLIMIT_OPTIONS[which]}={_ceiling(which, value)}" for which, value in plan]
+    return [_PRLIMIT, *options, "--", *argv]  # type: ignore[list-item]
+
+
+def _check_executable(program: str, env: dict[str, str], cwd: Path) -> None:
+    """The errors exec would give (a wrapper can only report them as its exit status)."""
+    if os.sep in program:
+        path = Path(cwd, program)
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if path.is_dir() or not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 def _has_token(proc: psutil.Process, marker: bytes) -> bool:
@@ -87,9 +122,17 @@ class ProcessExecution(Execution):
         self.spec = spec
         self._token = uuid.uuid4().hex
         env = {**base_environment(spec), **spec.env, TOKEN_VAR: self._token}
+        argv, preexec = list(spec.argv), None
+        if sys.platform != "win32":
+            plan = _rlimit_plan(spec.limits)
+            if plan and _PRLIMIT and argv:
+                _check_executable(argv[0], env, spec.scratch_dir)
+                argv = _prlimit_argv(plan, argv)
+            else:
+                preexec = _make_preexec(plan)
         self._started = time.monotonic()
         self._popen = subprocess.Popen(
-            spec.argv,
+            argv,
             cwd=spec.scratch_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -98,7 +141,7 @@ class ProcessExecution(Execution):
             start_new_session=True,
             close_fds=True,
             # Safe with threads here: the hook only calls setrlimit (module imported beforehand).
-            preexec_fn=_make_preexec(_rlimit_plan(spec.limits)) if sys.platform != "win32" else None,  # noqa: PLW1509
+            preexec_fn=preexec,  # noqa: PLW1509
         )
         self.stdout = self._popen.stdout  # type: ignore[assignment]
         self.stderr = self._popen.stderr  # type: ignore[assignment]
