@@ -47,3 +47,27 @@ def test_cli_reports_a_bad_config(tmp_path):
                           "--port", "0", "--data-dir", str(tmp_path / "d")], capture_output=True, text=True,
                          timeout=30, check=False)
     assert out.returncode == 2 and "lock_duration" in out.stderr
+
+
+def test_exit_with_parent_stops_an_orphaned_emulator(tmp_path):
+    """A fixture's emulator must not outlive a pytest that was killed before its teardown."""
+    write_emulator_config(tmp_path / "c.yaml")
+    starter = (
+        "import sys, time; from pathlib import Path; from worker.emulator.launcher import EmulatorProcess; "
+        f"e = EmulatorProcess(Path({str(tmp_path / 'c.yaml')!r}), Path({str(tmp_path / 'd')!r}), "
+        "exit_with_parent=True).start(); print(e.proc.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no teardown runs
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the orphaned emulator kept running")

@@ -47,7 +47,7 @@ def describe_connection_strings(config: EmulatorConfig, host: str, port: int) ->
 async def serve(config: EmulatorConfig, data_dir: Path, host: str = "127.0.0.1", port: int = 5672,
                 http_port: int | None = None, ready_file: Path | None = None,
                 announce: Callable[[str], None] = print, synchronous: str = "FULL",
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, parent_pid: int | None = None) -> None:
     store = Store(data_dir / DB_NAME, synchronous=synchronous)
     authority = Authority(config)
     broker = Broker(store)
@@ -65,6 +65,8 @@ async def serve(config: EmulatorConfig, data_dir: Path, host: str = "127.0.0.1",
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread / platform without signals
             pass
+    if parent_pid is not None:
+        _watch_parent(loop, parent_pid, stop)
     announce(f"Service Bus emulator listening on amqp://{host}:{amqp_port}"
              + (f", http://{host}:{bound_http} (/healthz, /metrics, /queues)" if bound_http else "")
              + f"; data in {data_dir}")
@@ -86,8 +88,21 @@ async def serve(config: EmulatorConfig, data_dir: Path, host: str = "127.0.0.1",
             ready_file.unlink(missing_ok=True)
 
 
+def _watch_parent(loop: asyncio.AbstractEventLoop, parent_pid: int, stop: asyncio.Event) -> None:
+    """Shut down once the process that started us is gone (a test run killed without teardown)."""
+    def check() -> None:
+        if os.getppid() != parent_pid:
+            announce_exit = "parent process exited; shutting down"
+            print(announce_exit, flush=True)
+            stop.set()
+            return
+        loop.call_later(1.0, check)
+
+    loop.call_later(1.0, check)
+
+
 def run(config_path: Path, data_dir: Path, host: str, port: int, http_port: int | None,
-        ready_file: Path | None = None, synchronous: str = "FULL") -> None:
+        ready_file: Path | None = None, synchronous: str = "FULL", parent_pid: int | None = None) -> None:
     logging.basicConfig(level=os.environ.get("POOL_EMULATOR_LOG", "WARNING").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = EmulatorConfig.load(config_path)
@@ -95,7 +110,8 @@ def run(config_path: Path, data_dir: Path, host: str, port: int, http_port: int 
     def announce(line: str) -> None:
         print(line, flush=True)
 
-    main = serve(config, data_dir, host, port, http_port, ready_file, announce, synchronous)
+    main = serve(config, data_dir, host, port, http_port, ready_file, announce, synchronous,
+                 parent_pid=parent_pid)
     profile_path = os.environ.get("POOL_EMULATOR_PROFILE")
     if not profile_path:
         asyncio.run(main)

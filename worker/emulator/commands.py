@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,8 @@ def emulator(
                             "(0 picks a free one; omitted = no HTTP).")] = None,
     ready_file: Annotated[Path | None, typer.Option(
         "--ready-file", hidden=True, help="Write pid and bound ports as JSON here once serving.")] = None,
+    exit_with_parent: Annotated[bool, typer.Option(
+        "--exit-with-parent", hidden=True, help="Stop when the parent process exits (test fixtures).")] = False,
     durability: Annotated[str, typer.Option(
         help="SQLite synchronous mode: 'full' fsyncs every commit (survives power loss), "
              "'normal' survives process crashes only.")] = "full",
@@ -44,7 +47,8 @@ def emulator(
         raise typer.BadParameter("must be 'full' or 'normal'", param_hint="--durability")
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        run(config, data_dir, host, port, http_port, ready_file, durability.upper())
+        run(config, data_dir, host, port, http_port, ready_file, durability.upper(),
+            parent_pid=os.getppid() if exit_with_parent else None)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -35,7 +35,8 @@ class EmulatorError(RuntimeError):
 
 class EmulatorProcess:
     def __init__(self, config_path: Path, data_dir: Path, host: str = "127.0.0.1",
-                 port: int = 0, http_port: int = 0, durability: str = "full") -> None:
+                 port: int = 0, http_port: int = 0, durability: str = "full",
+                 exit_with_parent: bool = False) -> None:
         self.config_path = Path(config_path)
         self.data_dir = Path(data_dir)
         self.host = host
@@ -43,6 +44,9 @@ class EmulatorProcess:
         self.http_port = http_port
         self._requested = (port, http_port)
         self.durability = durability  # "full" (fsync per commit) or "normal" (survives process crashes)
+        # True: the emulator stops when this process dies, even by SIGKILL (test fixtures). False
+        # (default): it outlives its starter, e.g. a `pool local up` that returns to the shell.
+        self.exit_with_parent = exit_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self._runtime_policies: dict[str, list[PolicyConfig]] = {}
         self.config = EmulatorConfig.load(self.config_path)
@@ -66,7 +70,7 @@ class EmulatorProcess:
         cmd = [sys.executable, "-m", "worker", "emulator", "--config", str(self.config_path),
                "--host", self.host, "--port", str(port), "--data-dir", str(self.data_dir),
                "--http-port", str(http_port), "--ready-file", str(self._ready_file),
-               "--durability", self.durability]
+               "--durability", self.durability] + (["--exit-with-parent"] if self.exit_with_parent else [])
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
