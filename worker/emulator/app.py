@@ -36,6 +36,8 @@ def connection_string(host: str, port: int, policy: str, key: str, entity: str |
 
 
 def describe_connection_strings(config: EmulatorConfig, host: str, port: int) -> list[str]:
+    if host in ("0.0.0.0", "::", ""):  # bound to every interface: clients on this machine use loopback
+        host = "127.0.0.1"
     lines = [f"namespace policy {p.name} [{', '.join(r.value for r in p.rights)}]: "
              f"{connection_string(host, port, p.name, p.key)}" for p in config.policies]
     for q in config.queues:
