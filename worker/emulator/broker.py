@@ -307,6 +307,8 @@ class Broker:
             for q in self._seq_dirty:
                 self.store.set_next_seq(q.name, q.next_seq)
             self._seq_dirty.clear()
+            if self.on_turn_end and self.store.dirty:
+                self.on_turn_end()  # send what needs no commit (settlement echoes) before the fsync
             if self.store.dirty or state.after_commit:
                 # inline: committed and acknowledged right here; group commit: the writer thread
                 # commits and then runs the callbacks on this loop, in order
