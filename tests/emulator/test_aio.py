@@ -93,3 +93,41 @@ async def test_listen_only_cannot_send(emulator, queue_factory):
         with pytest.raises(ServiceBusAuthorizationError):
             async with c.get_queue_sender(q) as s:
                 await s.send_messages(ServiceBusMessage("no"))
+
+
+async def test_max_delivery_ttl_and_duplicates(aclient, queue_factory):
+    q = queue_factory(max_delivery_count=1, dead_lettering_on_message_expiration=True,
+                      requires_duplicate_detection=True)
+    async with aclient.get_queue_sender(q) as s:
+        await s.send_messages(ServiceBusMessage("poison", message_id="p"))
+        await s.send_messages(ServiceBusMessage("poison again", message_id="p"))  # dropped duplicate
+        await s.send_messages(ServiceBusMessage("stale", message_id="s", time_to_live=timedelta(seconds=1)))
+    async with aclient.get_queue_receiver(q, prefetch_count=0) as r:
+        (m,) = await r.receive_messages(max_message_count=1, max_wait_time=5)
+        assert str(m) == "poison"
+        await r.abandon_message(m)  # max_delivery_count=1: straight to the dead-letter queue
+        await asyncio.sleep(1.5)  # "stale" expires meanwhile
+        assert await r.receive_messages(max_wait_time=1) == []
+    async with aclient.get_queue_receiver(q, sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+                                          receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE) as dlq:
+        got = await dlq.receive_messages(max_message_count=5, max_wait_time=3)
+    assert sorted((str(d), d.dead_letter_reason) for d in got) == [
+        ("poison", "MaxDeliveryCountExceeded"), ("stale", "TTLExpiredException")]
+
+
+async def test_fifo_sequence_numbers_and_competing_receivers(aclient, queue_factory):
+    q = queue_factory()
+    async with aclient.get_queue_sender(q) as s:
+        for i in range(8):
+            await s.send_messages(ServiceBusMessage(f"m{i}", correlation_id=f"c{i}", content_type="text/plain"))
+    async with aclient.get_queue_receiver(q, prefetch_count=0) as r1, \
+            aclient.get_queue_receiver(q, prefetch_count=0) as r2:
+        a, b = await asyncio.gather(r1.receive_messages(max_message_count=4, max_wait_time=3),
+                                    r2.receive_messages(max_message_count=4, max_wait_time=3))
+        for r, batch in ((r1, a), (r2, b)):
+            for m in batch:
+                await r.complete_message(m)
+    got = sorted(a + b, key=lambda m: m.sequence_number)
+    assert [str(m) for m in got] == [f"m{i}" for i in range(len(got))]
+    assert len({m.sequence_number for m in got}) == len(got) == len({str(m) for m in got})
+    assert all(m.correlation_id == f"c{str(m)[1:]}" and m.content_type == "text/plain" for m in got)
