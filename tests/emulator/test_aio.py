@@ -47,6 +47,7 @@ async def test_round_trip_and_every_settlement(aclient, queue_factory):
         await dlq.complete_message(d)
 
 
+@pytest.mark.slow
 async def test_renew_and_lock_lost(aclient, queue_factory):
     q = queue_factory(lock_duration="PT2S")
     async with aclient.get_queue_sender(q) as s:
@@ -95,6 +96,7 @@ async def test_listen_only_cannot_send(emulator, queue_factory):
                 await s.send_messages(ServiceBusMessage("no"))
 
 
+@pytest.mark.slow
 async def test_max_delivery_ttl_and_duplicates(aclient, queue_factory):
     q = queue_factory(max_delivery_count=1, dead_lettering_on_message_expiration=True,
                       requires_duplicate_detection=True)

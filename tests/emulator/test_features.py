@@ -43,6 +43,7 @@ def test_unknown_deferred_sequence_number_is_an_error(quick_client, queue_factor
         receiver.receive_deferred_messages([12345])
 
 
+@pytest.mark.slow
 def test_max_delivery_count_dead_letters(client, queue_factory):
     q = queue_factory(max_delivery_count=2)
     with client.get_queue_sender(q) as sender:
@@ -60,6 +61,7 @@ def test_max_delivery_count_dead_letters(client, queue_factory):
         assert d.delivery_count == 2
 
 
+@pytest.mark.slow
 def test_ttl_expiry_dead_letters_when_configured(client, queue_factory, emulator):
     q = queue_factory(dead_lettering_on_message_expiration=True)
     with client.get_queue_sender(q) as sender:
@@ -75,6 +77,7 @@ def test_ttl_expiry_dead_letters_when_configured(client, queue_factory, emulator
     assert emulator.metrics()[q]["expired_total"] == 1
 
 
+@pytest.mark.slow
 def test_ttl_expiry_drops_without_dead_lettering(client, queue_factory, emulator):
     q = queue_factory(default_message_ttl="PT1S")  # the queue default applies when the message sets none
     with client.get_queue_sender(q) as sender:
@@ -86,6 +89,7 @@ def test_ttl_expiry_drops_without_dead_lettering(client, queue_factory, emulator
     assert m["expired_total"] == 1 and m["dead_lettered_messages"] == 0
 
 
+@pytest.mark.slow
 def test_scheduled_enqueue_time_and_cancel(client, queue_factory, emulator):
     q = queue_factory()
     soon = datetime.now(UTC) + timedelta(seconds=4)

@@ -104,6 +104,7 @@ def test_abandon_redelivers_with_incremented_count(client, queue_factory):
         receiver.complete_message(m2)
 
 
+@pytest.mark.slow
 def test_dead_letter_with_reason(client, queue_factory):
     q = queue_factory()
     with client.get_queue_sender(q) as sender:
@@ -121,6 +122,7 @@ def test_dead_letter_with_reason(client, queue_factory):
         dlq.complete_message(d)
 
 
+@pytest.mark.slow
 def test_renew_lock_extends_and_expired_lock_is_lost(client, queue_factory):
     q = queue_factory(lock_duration="PT2S")
     with client.get_queue_sender(q) as sender:

@@ -52,6 +52,7 @@ def test_queue_policy_does_not_reach_other_queues(emulator, guarded_queue, queue
         s.send_messages(ServiceBusMessage("x"))
 
 
+@pytest.mark.slow
 def test_bad_signature_is_an_authentication_error_and_others_keep_working(emulator, queue_factory, client):
     q = queue_factory()
     forged = emulator.connection_string().replace(emulator.config.policies[0].key, generate_key())
