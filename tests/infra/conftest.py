@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 from collections.abc import Callable
@@ -17,6 +18,19 @@ GALLERY = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/r
            "Microsoft.Compute/galleries/poolimages/images/pool-worker-windows")
 REPO = "https://git.example.org/ml/compute-pools.git"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+
+@pytest.fixture(autouse=True)
+def _event_loop_for_pulumi():
+    """Pulumi's mocks run on the thread's current event loop; pytest-asyncio (the emulator's aio
+    tests) closes its loop and leaves none set, so give these tests a usable one."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        usable = not policy.get_event_loop().is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        policy.set_event_loop(policy.new_event_loop())
 
 
 def linux_config(**overrides: Any) -> dict[str, Any]:
