@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from worker.protocol import (
     MAX_MESSAGE_BYTES,
@@ -17,14 +18,14 @@ from worker.protocol import (
 
 
 def make_task(**overrides) -> Task:
-    fields = dict(
-        task_id="sub-42",
-        competition="comp-demo",
-        command=["python", "program/predict.py"],
-        stdout_url="http://127.0.0.1:1/devstoreaccount1/comp-demo-logs/tasks/sub-42/1/stdout.log?sig=x",
-        stderr_url="http://127.0.0.1:1/devstoreaccount1/comp-demo-logs/tasks/sub-42/1/stderr.log?sig=x",
-        reply_to="comp-demo-responses",
-    )
+    fields = {
+        "task_id": "sub-42",
+        "competition": "comp-demo",
+        "command": ["python", "program/predict.py"],
+        "stdout_url": "http://127.0.0.1:1/devstoreaccount1/comp-demo-logs/tasks/sub-42/1/stdout.log?sig=x",
+        "stderr_url": "http://127.0.0.1:1/devstoreaccount1/comp-demo-logs/tasks/sub-42/1/stderr.log?sig=x",
+        "reply_to": "comp-demo-responses",
+    }
     fields.update(overrides)
     return Task(**fields)
 
@@ -76,5 +77,5 @@ def test_oversize_messages_are_rejected_both_ways():
 
 
 def test_competition_name_rule_is_enforced():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="competition"):
         make_task(competition="Comp_Demo")

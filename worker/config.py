@@ -66,7 +66,7 @@ class ServiceBusSettings(_Strict):
     managed_identity_client_id: str | None = None  # user-assigned identity; None = system-assigned
 
     @model_validator(mode="after")
-    def _credentials_present(self) -> "ServiceBusSettings":
+    def _credentials_present(self) -> ServiceBusSettings:
         if self.auth is AuthMode.CONNECTION_STRING:
             missing = [n for n in ("task_queue_connection_string", "response_queue_connection_string")
                        if not getattr(self, n)]

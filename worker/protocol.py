@@ -8,7 +8,7 @@ receiver turns into a dead-letter reason. This module imports nothing of ours.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -23,7 +23,7 @@ Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")]  # se
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ProtocolError(ValueError):
@@ -161,7 +161,7 @@ def encode(message: Task | Status) -> bytes:
     return data
 
 
-def _decode(model: type[Task] | type[Status], body: bytes | str) -> Task | Status:
+def _decode(model: type[Task | Status], body: bytes | str) -> Task | Status:
     raw = body.encode() if isinstance(body, str) else bytes(body)
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("MessageTooLarge", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
