@@ -14,6 +14,7 @@ app = typer.Typer(
         "(start with `pool demo`)."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # docstrings wrap to the terminal instead of keeping source line breaks
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -28,13 +29,7 @@ _COMMAND_MODULES = (
 )
 
 for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as exc:  # an area not built yet; remove once all exist
-        if not exc.name or not _name.startswith(exc.name):
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(_name).register(app)
 
 
 @app.command()
