@@ -5,7 +5,9 @@
 * the same command run directly (subprocess) vs through the pool (goal <= 1.3x + 10 ms);
 * throughput: --tasks tasks submitted at once to --workers agents;
 * a line printed by a running program -> readable in its log blob: p50 / p99 (goal p99 <= 1 s);
-* agent idle RSS (the agent process and its children).
+* agent idle RSS (the agent process and its children);
+* CPU time per trivial task, by component (agents, broker, Azurite, this process = site + benchmark):
+  steadier than latencies on a shared machine, and what bounds throughput.
 
 Run: ``.venv/bin/python -m benchmarks pipeline [--tasks 200] [--workers 4] [--command true]``.
 """
@@ -42,7 +44,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def _finished(stack: LocalStack, task_id: str, poll_s: float = 0.002, timeout: float = 60) -> Task:
+def _finished(stack: LocalStack, task_id: str, poll_s: float = 0.005, timeout: float = 60) -> Task:
+    """Polls the database; the latency is read from the task's ``finished_at`` (set by the watcher),
+    so the poll interval only paces the next submission (a tighter poll costs the site CPU)."""
     deadline = time.monotonic() + timeout
     while True:
         with stack.site.sessions() as s:
@@ -133,6 +137,32 @@ def log_latency(stack: LocalStack, lines: int = 60, interval_s: float = 0.1) -> 
     return delays
 
 
+def _component_processes(stack: LocalStack) -> dict[str, list[psutil.Process]]:
+    agents = [psutil.Process(a.process.pid) for a in stack.agents[POOL] if a.process is not None]
+    found: dict[str, list[psutil.Process]] = {"agents": agents, "broker": [], "Azurite": [],
+                                              "site + benchmark": [psutil.Process()]}
+    for name, component in (("broker", stack.emulator), ("Azurite", stack.azurite)):
+        process = getattr(component, "proc", None) or getattr(component, "process", None)
+        if process is not None:
+            root = psutil.Process(process.pid)
+            found[name] = [root, *root.children(recursive=True)]
+    return found
+
+
+def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    totals = {}
+    for name, procs in processes.items():
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+            except psutil.Error:
+                pass
+        totals[name] = total
+    return totals
+
+
 def idle_rss(stack: LocalStack) -> list[float]:
     sizes = []
     for agent in stack.agents[POOL]:
@@ -157,7 +187,10 @@ def main(argv: list[str]) -> None:
             time.sleep(2)
             rss = idle_rss(stack)
             latency(stack, command, 5)  # warm-up: links attached, caches filled
+            processes = _component_processes(stack)
+            cpu_before = cpu_seconds(processes)
             e2e, phases = latency(stack, command, args.tasks)
+            cpu_after = cpu_seconds(processes)
             base = direct(command, args.tasks)
             tps = throughput(stack, command, args.tasks)
             logs = log_latency(stack)
@@ -181,6 +214,9 @@ def main(argv: list[str]) -> None:
     table.add_row(f"throughput, {args.workers} agents", f"{tps:.1f} tasks/s", "", "", str(args.tasks))
     table.add_row("log line -> readable in blob", f"{percentile(logs, 50) * ms:.0f} ms",
                   f"{percentile(logs, 99) * ms:.0f} ms", "p99 <= 1 s", str(len(logs)))
+    for name, before in cpu_before.items():
+        per_task = (cpu_after[name] - before) / len(e2e) * ms
+        table.add_row(f"CPU per task: {name}", f"{per_task:.1f} ms", "", "", str(len(e2e)))
     table.add_row("agent idle RSS", f"{statistics.median(rss):.1f} MiB", f"max {max(rss):.1f} MiB", "",
                   str(len(rss)))
     console.print(table)

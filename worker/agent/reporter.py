@@ -2,8 +2,11 @@
 
 A task's steps do not wait for each status to reach Service Bus (a round trip each): ``send``
 queues the status and returns; one sender thread per agent sends whatever has queued up, in
-sequence order, as one batch when there are several. Only the **final** status is waited for
-(:meth:`TaskReporter.flush`), so a message is still completed only after its final status — and
+sequence order, as one batch. A status waits at most :data:`COALESCE_S` for the ones that follow
+it, so a short task's ``received`` ... ``finished`` travel as ONE message batch (one round trip,
+one transaction on the site) instead of each costing the broker and the site work while the task
+is still being prepared. The **final** status is sent at once and waited for
+(:meth:`TaskReporter.finish`), so a message is still completed only after its final status — and
 every status before it — was sent. A status that cannot be sent stops the task (it is handed back,
 as before); a heartbeat that cannot be sent is only logged.
 
@@ -35,7 +38,9 @@ from worker.servicebus import status_sender
 log = logging.getLogger(__name__)
 
 SEQ_PER_DELIVERY = 1_000_000  # heartbeats every second for 11 days still fit in one delivery's range
+BATCH_REST = "batch_rest"
 MAX_BATCH = 50  # statuses are ~1 KB; a batch stays far below the 256 KB message limit
+COALESCE_S = 0.05  # how long a non-final status may wait for the next ones (never the final status)
 FLUSH_TIMEOUT_S = 120.0  # the SDK's own retries end long before this; a guard against a wedged link
 
 
@@ -44,15 +49,19 @@ class _Pending:
     queue: str
     status: Status
     reporter: TaskReporter
+    urgent: bool = False  # send it (and everything queued before it) now
+    due: float = field(default_factory=lambda: time.monotonic() + COALESCE_S)
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def _message(status: Status) -> ServiceBusMessage:
+def _message(status: Status, rest: int) -> ServiceBusMessage:
+    """``batch_rest``: how many messages of the same batch follow this one (a hint that lets the
+    site's watcher take the whole batch into one transaction instead of waiting to learn of them)."""
     return ServiceBusMessage(
         encode(status),
         content_type=CONTENT_TYPE,
         message_id=f"{status.task_id}:{status.attempt}:{status.seq}",
-        application_properties={"task_id": status.task_id, "state": status.state.value},
+        application_properties={"task_id": status.task_id, "state": status.state.value, BATCH_REST: rest},
     )
 
 
@@ -72,16 +81,37 @@ class StatusSender:
         self._thread: threading.Thread | None = None
         self._beat: tuple[TaskReporter, float] | None = None  # (reporter, interval)
         self._next_beat = float("inf")
+        self._urgent = 0  # urgent items in the queue
+        self._to_open: list[str] = []  # response queues whose link to attach ahead of the first status
+
+    def warm(self, queue: str) -> None:
+        """Attach the link to ``queue`` now, in the background: attaching costs ~0.5 s, which the
+        first task's statuses would otherwise wait for. Best effort (a failure shows on the first send)."""
+        with self._cond:
+            self._start()
+            self._to_open.append(queue)
+            self._cond.notify()
+
+    def _start(self) -> None:  # with self._cond held
+        if self._closed:
+            raise InfrastructureError("the status sender is closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="status-sender", daemon=True)
+            self._thread.start()
 
     # -- called by reporters -----------------------------------------------------------------------
     def enqueue(self, item: _Pending) -> None:
         with self._cond:
-            if self._closed:
-                raise InfrastructureError("the status sender is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="status-sender", daemon=True)
-                self._thread.start()
+            self._start()
             self._queue.append(item)
+            self._urgent += item.urgent
+            self._cond.notify()
+
+    def expedite(self) -> None:
+        """Send everything queued now (someone waits for it)."""
+        with self._cond:
+            for item in self._queue:
+                item.due = 0.0
             self._cond.notify()
 
     def heartbeats(self, reporter: TaskReporter | None, interval_s: float = 0.0) -> None:
@@ -107,28 +137,48 @@ class StatusSender:
         while True:
             beat: TaskReporter | None = None
             with self._cond:
-                while not self._queue and not self._closed:
-                    wait = self._next_beat - time.monotonic()
-                    if wait <= 0:
+                to_open, self._to_open = self._to_open, []
+            for queue in to_open:
+                self._open(queue)
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    send = bool(self._queue) and (self._closed or self._urgent > 0 or len(self._queue) >= MAX_BATCH
+                                                  or now >= self._queue[0].due)
+                    if send or now >= self._next_beat or self._to_open:
                         break
-                    self._cond.wait(None if wait == float("inf") else wait)
-                if not self._queue and self._closed:
-                    return
-                if self._beat is not None and time.monotonic() >= self._next_beat:
+                    if self._closed:
+                        return
+                    wake = min(self._next_beat, self._queue[0].due if self._queue else float("inf"))
+                    self._cond.wait(None if wake == float("inf") else wake - now)
+                if self._beat is not None and now >= self._next_beat:
                     beat, interval = self._beat
-                    self._next_beat = time.monotonic() + interval
-                batch = self._take_batch()
-            if beat is not None and not batch:
-                beat.heartbeat()  # queues it; sent on the next turn
-                continue
+                    self._next_beat = now + interval
+                batch = self._take_batch() if send else []
+            if beat is not None:
+                beat.heartbeat()  # queued; goes out with the next batch
             if batch:
                 self._send_batch(batch)
 
     def _take_batch(self) -> list[_Pending]:
+        """Everything queued (for one response queue), up to MAX_BATCH: one send."""
+        if not self._queue:
+            return []
         batch: list[_Pending] = []
-        while self._queue and len(batch) < MAX_BATCH and (not batch or self._queue[0].queue == batch[0].queue):
-            batch.append(self._queue.popleft())
+        while self._queue and len(batch) < MAX_BATCH and self._queue[0].queue == (batch or self._queue)[0].queue:
+            item = self._queue.popleft()
+            batch.append(item)
+            self._urgent -= item.urgent
         return batch
+
+    def _open(self, queue: str) -> None:
+        try:
+            if queue not in self._senders:
+                sender = status_sender(self._client, queue)
+                sender.__enter__()  # the context protocol's open: attaches the link
+                self._senders[queue] = sender
+        except Exception as exc:  # noqa: BLE001 - the first status retries it and reports what failed
+            log.debug("attaching the sender to %s ahead of time failed: %r", queue, exc)
 
     def _send_batch(self, batch: list[_Pending]) -> None:
         live = [item for item in batch if item.reporter.error is None]  # a failed run sends nothing more
@@ -138,7 +188,7 @@ class StatusSender:
                 sender = self._senders.get(queue)
                 if sender is None:
                     sender = self._senders[queue] = status_sender(self._client, queue)
-                messages = [_message(item.status) for item in live]
+                messages = [_message(item.status, len(live) - 1 - i) for i, item in enumerate(live)]
                 sender.send_messages(messages if len(messages) > 1 else messages[0])
         except (ServiceBusError, OSError) as exc:
             self._drop(queue)
@@ -199,9 +249,11 @@ class TaskReporter:
             return self._queue(state, **fields)
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
-        """Wait until every queued status was sent; InfrastructureError if one could not be."""
+        """Send what is queued now and wait for it; InfrastructureError if a status could not be sent."""
         with self._lock:
             last = self._last
+        if last is not None and not last.done.is_set():
+            self._sender.expedite()
         if last is not None and not last.done.wait(timeout):
             self.failed(last.status, InfrastructureError(f"status not sent within {timeout:.0f} s"))
         if self.error is not None:
@@ -209,7 +261,10 @@ class TaskReporter:
 
     def finish(self, state: TaskState, **fields: Any) -> Status:
         """The final status: queued after everything before it, and waited for."""
-        status = self.send(state, **fields)
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            status = self._queue(state, urgent=True, **fields)
         self.flush()
         return status
 
@@ -226,7 +281,7 @@ class TaskReporter:
             if self.on_failure is not None:
                 self.on_failure(error)
 
-    def _queue(self, state: TaskState, *, heartbeat: bool = False, **fields: Any) -> Status:
+    def _queue(self, state: TaskState, *, heartbeat: bool = False, urgent: bool = False, **fields: Any) -> Status:
         assert self.task is not None
         status = Status(
             task_id=self.task.task_id,
@@ -238,7 +293,7 @@ class TaskReporter:
             host=self.host if not self.sent else None,
             **fields,
         )
-        item = _Pending(self.task.reply_to, status, self)
+        item = _Pending(self.task.reply_to, status, self, urgent=urgent)
         self._sender.enqueue(item)
         self._last = item
         self._seq += 1

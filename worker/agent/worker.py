@@ -69,6 +69,7 @@ class Agent:
                  settings.response_queue, self.driver.name)
         response = response_client(settings)
         sender = StatusSender(response)
+        sender.warm(settings.response_queue)
         try:
             while not self.stop_event.is_set():
                 retrying = Retrying(

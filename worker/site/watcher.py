@@ -37,9 +37,17 @@ class Outcome(StrEnum):
     UNKNOWN_TASK = "unknown_task"
 
 
-def apply_status(session: Session, status: protocol.Status, now: datetime | None = None) -> Outcome:
+def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
+                 locked: dict[str, TaskRow | None] | None = None) -> Outcome:
+    """``locked``: rows this transaction already holds (SELECT ... FOR UPDATE), by task id — a batch
+    with several statuses of one task reads and locks its row once, and writes it once at commit."""
     now = now or utcnow()
-    row = session.get(TaskRow, status.task_id, with_for_update=True)
+    if locked is not None and status.task_id in locked:
+        row = locked[status.task_id]
+    else:
+        row = session.get(TaskRow, status.task_id, with_for_update=True)
+        if locked is not None:
+            locked[status.task_id] = row
     if row is None:
         return Outcome.UNKNOWN_TASK
     if status.attempt != row.attempt:
@@ -102,6 +110,14 @@ def _prefetched(receiver: ServiceBusReceiver) -> int:
         return 0
 
 
+def _batch_rest(message: ServiceBusReceivedMessage) -> int:
+    """How many messages the agent sent in the same batch after this one (its ``batch_rest``
+    application property; 0 without it). They are already on their way to this receiver."""
+    props = message.application_properties or {}
+    value = props.get(b"batch_rest", props.get("batch_rest", 0))  # type: ignore[call-overload]
+    return value if isinstance(value, int) and value > 0 else 0
+
+
 @dataclass
 class WatcherStats:
     received: int = 0
@@ -152,10 +168,11 @@ class Watcher:
                                                prefetch_count=self.batch) as receiver:
                     backoff = 0.5
                     while not self.stop_event.is_set():
-                        # One message as soon as it arrives, then exactly what is already prefetched:
-                        # asking the SDK for more than it holds waits ~200 ms for further messages.
+                        # One message as soon as it arrives, then what is already prefetched or known to
+                        # be right behind it (the rest of the agent's batch): asking the SDK for more than
+                        # will come waits ~200 ms for further messages.
                         messages = receiver.receive_messages(max_message_count=1, max_wait_time=self.wait_s)
-                        more = min(_prefetched(receiver), self.batch - 1)
+                        more = min(max(_prefetched(receiver), *map(_batch_rest, messages), 0), self.batch - 1)
                         if messages and more > 0:
                             messages += receiver.receive_messages(max_message_count=more, max_wait_time=1)
                         if messages:
@@ -177,7 +194,8 @@ class Watcher:
                 self._count(dead_lettered=1)
 
         def work(session: Session) -> list[Outcome]:
-            return [apply_status(session, status) for _, status in statuses]
+            locked: dict[str, TaskRow | None] = {}
+            return [apply_status(session, status, locked=locked) for _, status in statuses]
 
         outcomes = retrying(self.sessions, work) if statuses else []
         for (message, status), outcome in zip(statuses, outcomes, strict=True):
