@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.execution.base import Limits
+from worker.util.pids import pid_alive
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
@@ -35,16 +36,6 @@ STALE_NAME_RE = re.compile(r"^pool-(\d+)-")
 def task_cgroup_name(task_id: str, unique: str) -> str:
     """Task cgroups carry the agent's pid, so a later agent can tell a dead one's leftovers."""
     return f"pool-{os.getpid()}-{task_id}-{unique}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CgroupError(OSError):
@@ -125,7 +116,7 @@ class CgroupHost:
                 continue
             for child in children:
                 match = STALE_NAME_RE.match(child.name)
-                if not match or _pid_alive(int(match.group(1))):
+                if not match or pid_alive(int(match.group(1))):
                     continue
                 try:
                     _StaleCgroup(child).remove()

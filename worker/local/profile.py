@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.site.service import SiteSettings
+from worker.util.pids import pid_alive
 
 PROFILE_NAME = "profile.yaml"
 DEFAULT_DATA_DIR = Path(".pool")
@@ -73,16 +74,6 @@ class LocalProfile(_Model):
     @property
     def alive(self) -> bool:
         return pid_alive(self.pid)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_profile(data_dir: str | Path, *, require_running: bool = True) -> LocalProfile:
