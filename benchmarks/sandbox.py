@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.execution.base import ExecutionDriver, ExecutionSpec, Limits, Mount
+from worker.execution.scratchfs import remove_work_root
 
 GOAL_MS = 15.0
 
@@ -93,14 +93,7 @@ def main(argv: list[str]) -> None:
     try:
         results = list(zip([name for name, _ in variants], measure(variants, args.runs, root), strict=True))
     finally:
-        for _, driver in variants:
-            disks = getattr(driver, "disks", None)
-            if disks is not None:  # unmount pooled scratch disks before deleting anything
-                disks.close()
-        for dirpath, dirnames, _ in os.walk(root):
-            for d in dirnames:
-                os.chmod(os.path.join(dirpath, d), 0o755)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_work_root(root, [driver for _, driver in variants])
 
     base = statistics.median(results[0][1])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

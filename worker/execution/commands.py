@@ -19,11 +19,11 @@ echo ok > ../output/ok.txt && echo "output writable"
 def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
     """Run a tiny program through the driver; return (check, passed, detail) rows."""
     import os
-    import shutil
     import tempfile
     from pathlib import Path
 
     from worker.execution.base import ExecutionSpec, Limits, Mount
+    from worker.execution.scratchfs import remove_work_root
     from worker.execution.supervisor import Supervisor
 
     root = Path(tempfile.mkdtemp(prefix="pool-sandbox-check-", dir="/var/tmp" if os.name != "nt" else None))
@@ -61,14 +61,7 @@ def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
     except Exception as exc:  # noqa: BLE001 - the self-test reports any failure, it does not crash
         rows.append(("program ran", False, f"{type(exc).__name__}: {exc}"))
     finally:
-        disks = getattr(driver, "disks", None)
-        if disks is not None:  # unmount pooled scratch disks before deleting anything
-            disks.close()
-        for dirpath, dirnames, _ in os.walk(root):
-            for d in dirnames:
-                os.chmod(os.path.join(dirpath, d), 0o755)
-        os.chmod(root, 0o755)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_work_root(root, [driver])
     return rows
 
 

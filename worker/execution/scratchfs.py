@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import threading
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 MKFS = "/usr/sbin/mkfs.ext4"
@@ -210,3 +211,19 @@ def move_contents(src: Path, dst: Path) -> None:
                 os.symlink(os.readlink(entry.path), target)
             elif entry.is_file(follow_symlinks=False):
                 shutil.copyfile(entry.path, target, follow_symlinks=False)
+
+
+def remove_work_root(root: Path, drivers: Iterable[object]) -> None:
+    """Delete a throw-away work root (self-test, benchmark) and what the drivers pooled for it.
+
+    The drivers' pooled scratch disks are unmounted first, so nothing is deleted through a mount;
+    directories are made writable again because tasks leave read-only ones (program/ is 0555)."""
+    for driver in drivers:
+        disks = getattr(driver, "disks", None)
+        if disks is not None:
+            disks.close()
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    os.chmod(root, 0o755)
+    shutil.rmtree(root, ignore_errors=True)
