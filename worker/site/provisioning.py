@@ -22,9 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
-
-from worker.config import ConfigError, check_competition_name
+from worker.config import ConfigError, check_competition_name, load_yaml
 
 CONFIG_NAMESPACE = "pool"
 ADMIN_PASSWORD_ENV = "POOL_ADMIN_PASSWORD"  # Windows pools: the VMs' admin password (stored as a secret)
@@ -88,16 +86,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     Accepts a Pulumi stack file (``config:`` with ``pool:*`` keys, e.g. Pulumi.linux-pool.yaml.example)
     or a bare mapping of the ``pool`` keys (``competition``, ``workers``, …).
     """
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read stack config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    data = load_yaml(path, what="stack config")
     if "config" in data:
         if not isinstance(data["config"], dict):
             raise ConfigError(f"{path}: 'config' must be a mapping of keys to values")
