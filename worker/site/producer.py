@@ -80,7 +80,7 @@ class Producer:
             session.add(row)
             session.add(TaskEvent(task_id=row.id, attempt=1, seq=-1, state=SiteState.QUEUED.value,
                                   source="site", reason="submitted", reported_at=utcnow()))
-        self.send(row.id)
+        self._send(row, pool)  # the row and pool in hand: no second read before the send
         return row
 
     def _stored(self, name: str, pool: str, source: Path | StoredBundle) -> dict[str, Any]:
@@ -113,9 +113,13 @@ class Producer:
             if row is None or row.state != SiteState.QUEUED.value or row.sent_at is not None:
                 return
             pool = get_pool(session, row.pool)
-            self.storage.ensure_competition(row.pool)
-            message = self.build_message(row, pool)
-            connection_string, queue = pool.task_queue_connection_string, pool.task_queue
+        self._send(row, pool)
+
+    def _send(self, row: TaskRow, pool: Pool) -> None:
+        task_id = row.id
+        self.storage.ensure_competition(row.pool)
+        message = self.build_message(row, pool)
+        connection_string, queue = pool.task_queue_connection_string, pool.task_queue
         try:
             self.queues.send_task(connection_string, queue, message)
         except Exception as exc:
