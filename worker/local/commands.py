@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from worker.site.service import Site
 
 DATA_DIR_HELP = "Directory of the local stack (profile, database, blobs, logs)."
 
@@ -36,6 +40,17 @@ def register(app: typer.Typer) -> None:
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
+
+
+def _open_site(data_dir: Path, *, require_running: bool = True) -> Site:
+    """The local stack's site (a context manager), or a clean exit saying why there is none."""
+    from worker.local.client import open_site
+    from worker.local.profile import StackNotRunning
+
+    try:
+        return open_site(data_dir, require_running=require_running)
+    except StackNotRunning as exc:
+        raise _fail(str(exc)) from None
 
 
 # --- pool local up / down ----------------------------------------------------------------------------
@@ -246,15 +261,10 @@ def status(
     from rich.console import Console
 
     from worker.local import views
-    from worker.local.client import ClientError, get_task, open_site
-    from worker.local.profile import StackNotRunning
+    from worker.local.client import ClientError, get_task
 
     console = Console()
-    try:
-        site = open_site(data_dir, require_running=False)
-    except StackNotRunning as exc:
-        raise _fail(str(exc)) from None
-    with site:
+    with _open_site(data_dir, require_running=False) as site:
         if task_id:
             try:
                 get_task(site, task_id)
@@ -275,8 +285,7 @@ def logs(
     data_dir: Path = _data_dir_option(),
 ) -> None:
     """Print a task's stdout/stderr from blob storage (with --follow: live, while it runs)."""
-    from worker.local.client import ClientError, open_site, stream_logs
-    from worker.local.profile import StackNotRunning
+    from worker.local.client import ClientError, stream_logs
 
     if stream not in ("stdout", "stderr", "both"):
         raise _fail("--stream must be stdout, stderr or both", 2)
@@ -287,11 +296,7 @@ def logs(
         target.write(data)
         target.flush()
 
-    try:
-        site = open_site(data_dir)
-    except StackNotRunning as exc:
-        raise _fail(str(exc)) from None
-    with site:
+    with _open_site(data_dir) as site:
         try:
             stream_logs(site, task_id, follow=follow, write=write, streams=streams, attempt=attempt)  # type: ignore[arg-type]
         except ClientError as exc:
@@ -307,14 +312,7 @@ def cancel(
     data_dir: Path = _data_dir_option(),
 ) -> None:
     """Cancel a task: a queued one at once, a running one within a few seconds."""
-    from worker.local.client import open_site
-    from worker.local.profile import StackNotRunning
-
-    try:
-        site = open_site(data_dir)
-    except StackNotRunning as exc:
-        raise _fail(str(exc)) from None
-    with site:
+    with _open_site(data_dir) as site:
         try:
             task = site.producer.cancel(task_id, reason)
         except LookupError as exc:
