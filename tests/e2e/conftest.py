@@ -3,29 +3,19 @@ subprocesses) shared by the end-to-end tests of a module, supervised like `pool 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 
-from worker.local.azurite import AzuriteNotFound, find_azurite
+from tests.fixtures.azurite import require_azurite
+from tests.fixtures.local_stack import supervised
 from worker.local.stack import LocalStack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    try:
-        find_azurite()
-    except AzuriteNotFound as exc:
-        pytest.skip(str(exc))
+    require_azurite()
     lines: list[str] = []
     local = LocalStack(tmp_path_factory.mktemp("stack"), workers=2, on_output=lines.append).start(timeout=60)
-    stop = threading.Event()
-    supervisor = threading.Thread(target=local.supervise, args=(stop, 0.5), daemon=True)
-    supervisor.start()
-    try:
+    with supervised(local):
         yield local
-    finally:
-        stop.set()
-        supervisor.join(10)
-        local.stop()

@@ -7,15 +7,13 @@ import os
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from tests.fixtures.azurite import require_azurite
 from worker.local.azurite import AzuriteNotFound, AzuriteProcess, find_azurite
 from worker.local.processes import port_open
 
 
 def test_start_serves_blobs_and_stop_leaves_nothing(tmp_path):
-    try:
-        find_azurite()
-    except AzuriteNotFound as exc:
-        pytest.skip(str(exc))
+    require_azurite()
     azurite = AzuriteProcess(tmp_path / "az").start()
     pid, port = azurite.process.pid, azurite.port
     assert os.getpgid(pid) == pid  # own process group

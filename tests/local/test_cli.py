@@ -13,8 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.fixtures.azurite import require_azurite
 from worker.cli import app
-from worker.local.azurite import AzuriteNotFound, find_azurite
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,10 +33,7 @@ def children_of(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_local_up_ready_runtime_competition_submit_and_clean_stop(tmp_path):
-    try:
-        find_azurite()
-    except AzuriteNotFound as exc:
-        pytest.skip(str(exc))
+    require_azurite()
     data = tmp_path / "pool"
     up = subprocess.Popen([sys.executable, "-m", "worker", "local", "up", "--workers", "1", "--data-dir", str(data)],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -7,16 +7,13 @@ import io
 import pytest
 from rich.console import Console
 
-from worker.local.azurite import AzuriteNotFound, find_azurite
+from tests.fixtures.azurite import require_azurite
 from worker.local.demo import run_demo
 
 
 @pytest.mark.slow
 def test_demo_passes_on_a_fresh_data_dir(tmp_path):
-    try:
-        find_azurite()
-    except AzuriteNotFound as exc:
-        pytest.skip(str(exc))
+    require_azurite()
     out = io.StringIO()
     code = run_demo(tmp_path / "pool", workers=2, timeout=120, console=Console(file=out, width=200))
     text = out.getvalue()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.local.azurite import AzuriteNotFound, find_azurite
+from tests.fixtures.azurite import require_azurite
 from worker.local.client import wait_for
 from worker.local.stack import LocalStack
 from worker.site.producer import Submission
@@ -12,10 +12,7 @@ from worker.site.producer import Submission
 
 @pytest.mark.slow
 def test_tasks_run_with_a_postgres_site_database(tmp_path, postgres_database):
-    try:
-        find_azurite()
-    except AzuriteNotFound as exc:
-        pytest.skip(str(exc))
+    require_azurite()
     with LocalStack(tmp_path / "pool", workers=1, database_url=postgres_database, on_output=lambda _l: None) as stack:
         assert stack.profile.database_url == postgres_database
         ok = stack.site.producer.submit(Submission(pool="default", command=["sh", "-c", "echo pg"]))

@@ -12,7 +12,6 @@ import shutil
 import socket
 import tarfile
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.fixtures.azurite import require_azurite
+from tests.fixtures.local_stack import supervised
 from tests.sandbox.conftest import HAVE_BWRAP, IS_ROOT
 from worker.local.client import wait_for
 from worker.protocol import Resources
@@ -36,26 +37,17 @@ WORKER = f"{POOL}-w1"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator:
-    from worker.local.azurite import AzuriteNotFound, find_azurite
     from worker.local.stack import LocalStack
 
-    try:
-        find_azurite()
-    except AzuriteNotFound as exc:
-        pytest.skip(str(exc))
+    require_azurite()
     # The agent's work dir must be traversable by the sandbox uid (as /var/lib/pool-agent is).
     data_dir = Path(tempfile.mkdtemp(prefix="pool-sandbox-stack-", dir="/var/tmp"))
     os.chmod(data_dir, 0o711)
-    local = LocalStack(data_dir, workers=1, driver="bwrap", on_output=lambda _line: None).start(timeout=90)
-    stop = threading.Event()
-    supervisor = threading.Thread(target=local.supervise, args=(stop, 0.5), daemon=True)
-    supervisor.start()
     try:
-        yield local
+        local = LocalStack(data_dir, workers=1, driver="bwrap", on_output=lambda _line: None).start(timeout=90)
+        with supervised(local):
+            yield local
     finally:
-        stop.set()
-        supervisor.join(10)
-        local.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
