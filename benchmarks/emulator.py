@@ -19,7 +19,6 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -30,6 +29,9 @@ from typing import Self
 
 from rich.console import Console
 from rich.table import Table
+
+from worker.local.processes import free_port
+from worker.util.process_group import stop_process_group
 
 P99_GOAL_MS = 5.0
 THROUGHPUT_GOAL = 2000.0
@@ -103,12 +105,6 @@ def throughput(sender: Callable, receiver: Callable, conn: str, total: int, work
 
 
 # -- RabbitMQ ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _epmd_pids() -> set[int]:
     out = subprocess.run(["pgrep", "-x", "epmd"], capture_output=True, text=True, check=False).stdout
     return {int(p) for p in out.split()}
@@ -120,7 +116,7 @@ class RabbitMQ:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self._epmd_before: set[int] = set()
 
@@ -134,7 +130,7 @@ class RabbitMQ:
         env = dict(os.environ, HOME="/var/lib/rabbitmq", RABBITMQ_MNESIA_BASE=str(self.root / "mnesia"),
                    RABBITMQ_LOG_BASE=str(self.root / "log"),
                    RABBITMQ_ENABLED_PLUGINS_FILE=str(self.root / "etc" / "enabled_plugins"),
-                   RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(_free_port()),
+                   RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(free_port()),
                    RABBITMQ_NODENAME=f"bench{self.port}@localhost", RABBITMQ_PID_FILE=str(self.root / "pid"))
         self._epmd_before = _epmd_pids()
         # setpriv, not the packaged wrapper's `su`, so the server stays in our process group
@@ -157,14 +153,7 @@ class RabbitMQ:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
+            stop_process_group(self.proc, timeout=30)
             self.proc = None
         for pid in _epmd_pids() - self._epmd_before:
             try:

@@ -11,8 +11,6 @@ ports through a ready file, so port 0 (a free port) works without races.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from worker.emulator.app import connection_string
 from worker.emulator.auth import generate_key, make_token
 from worker.emulator.config import EmulatorConfig, PolicyConfig
 from worker.emulator.http import parse_metrics
+from worker.util.process_group import kill_process_group, stop_process_group
 
 __all__ = ["EmulatorError", "EmulatorProcess", "generate_key"]
 
@@ -108,26 +107,14 @@ class EmulatorProcess:
         """SIGTERM (clean shutdown), then SIGKILL if it does not exit within ``timeout``."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process_group(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:
         """SIGKILL the whole process group (crash simulation for durability tests)."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        kill_process_group(self.proc)
         self.proc = None
 
     @property

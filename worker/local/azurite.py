@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Self
 
-from worker.local.processes import free_port, kill_process_group, stop_process_group, wait_for_port
+from worker.local.processes import free_port, wait_for_port
+from worker.util.process_group import kill_process_group, stop_process_group
 
 # The storage emulator's well-known development account (public, documented by Microsoft).
 ACCOUNT_NAME = "devstoreaccount1"

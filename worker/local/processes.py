@@ -1,9 +1,8 @@
-"""Small helpers for the child processes of the local stack: free ports, readiness, clean stops."""
+"""Small helpers for the child processes of the local stack: free ports and readiness
+(clean stops: worker.util.process_group)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -34,35 +33,3 @@ def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Pope
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
-
-
-def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> int | None:
-    """SIGTERM the process's group (it was started with ``start_new_session=True``), then SIGKILL
-    whatever is left after ``timeout``. Returns the exit code."""
-    if process.poll() is None:
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    # Children of the leader may outlive it: kill the rest of the group either way.
-    _signal_group(process, signal.SIGKILL)
-    try:
-        return process.wait(5)
-    except subprocess.TimeoutExpired:  # pragma: no cover - unkillable process
-        return None
-
-
-def kill_process_group(process: subprocess.Popen) -> None:
-    _signal_group(process, signal.SIGKILL)
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        pass
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -34,7 +34,7 @@ from worker.config import (
 from worker.local.azurite import AzuriteProcess
 from worker.local.competition import ROOT_POLICY, create_local_competition, emulator_connection_string
 from worker.local.emulator_admin import EmulatorAdmin
-from worker.local.processes import port_open, stop_process_group
+from worker.local.processes import port_open
 from worker.local.profile import (
     PROFILE_NAME,
     EmulatorInfo,
@@ -43,6 +43,7 @@ from worker.local.profile import (
     load_profile,
     profile_lock,
 )
+from worker.util.process_group import stop_process_group
 
 DEFAULT_COMPETITION = "default"
 MAX_QUICK_EXITS = 3
