@@ -59,6 +59,9 @@ class ScratchDisk:
         self._run(["mount", "-o", "loop,nosuid,nodev,noatime", str(self.image), str(self.mountpoint)])
         self.mounted = True
         (self.mountpoint / "lost+found").rmdir()
+        self._make_subdirs(uid, gid, subdirs)
+
+    def _make_subdirs(self, uid: int, gid: int, subdirs: tuple[str, ...]) -> None:
         for name in subdirs:
             path = self.mountpoint / name
             path.mkdir(mode=0o700)
@@ -87,10 +90,7 @@ class ScratchDisk:
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
-        for name in subdirs:
-            path = self.mountpoint / name
-            path.mkdir(mode=0o700)
-            os.chown(path, uid, gid)
+        self._make_subdirs(uid, gid, subdirs)
 
     def destroy(self) -> None:
         if self.mounted:
