@@ -54,8 +54,10 @@ def _token(value: Any) -> uuid.UUID:
         raise BrokerError(VENDOR + "argument-error", f"not a lock token: {value!r}") from exc
 
 
-def _reply(request: Message, code: int, description: str, body: Any = None, condition: str | None = None) -> Message:
-    props: dict[Any, Any] = {"statusCode": codec.amqp_int(code), "statusDescription": description}
+def status_reply(request: Message, code: int, description: str, body: Any = None, condition: str | None = None, *,
+                 code_key: str = "statusCode", description_key: str = "statusDescription") -> Message:
+    """A reply correlated to ``request``; $cbs spells the status keys ``status-code``/``status-description``."""
+    props: dict[Any, Any] = {code_key: codec.amqp_int(code), description_key: description}
     if condition:
         props["errorCondition"] = symbol(condition)
     reply = Message(body=body, properties=props)
@@ -78,11 +80,11 @@ def handle(conn: AmqpConnection, entity_path: str, request: Message, respond: Ca
         conn.require(entity.path, right)
         result = fn(conn, entity, body)
     except BrokerError as err:
-        respond(_reply(request, err.status, err.description, condition=err.condition))
+        respond(status_reply(request, err.status, err.description, condition=err.condition))
         return
     code, payload = result
     # Replies go out after the turn's commit so what they confirm is on disk.
-    broker.after_commit(lambda: respond(_reply(request, code, "OK" if code == 200 else "No Content", payload)))
+    broker.after_commit(lambda: respond(status_reply(request, code, "OK" if code == 200 else "No Content", payload)))
 
 
 def _renew_lock(conn, entity, body):

@@ -27,6 +27,7 @@ from worker.emulator.auth import AuthError, Authority, Grant, entity_path
 from worker.emulator.broker import Broker, BrokerError, Entity
 from worker.emulator.broker import Message as StoredMessage
 from worker.emulator.config import Right
+from worker.emulator.management import status_reply
 
 log = logging.getLogger(__name__)
 
@@ -508,12 +509,12 @@ class AmqpConnection(asyncio.Protocol):
                 raise AuthError(f"unsupported $cbs operation {props.get('operation')!r}")
             grant = self.server.authority.verify(str(token), audience=audience)
         except AuthError as exc:
-            return _status(request, 401, f"Unauthorized: {exc}", code_key="status-code",
+            return status_reply(request, 401, f"Unauthorized: {exc}", code_key="status-code",
                            description_key="status-description")
         now = time.time()  # the SDK refreshes tokens on long-lived connections: drop expired grants
         self.grants = [g for g in self.grants if g.expires > now]
         self.grants.append(grant)
-        return _status(request, 202, "Accepted", code_key="status-code", description_key="status-description")
+        return status_reply(request, 202, "Accepted", code_key="status-code", description_key="status-description")
 
     def require(self, entity: str, right: Right) -> None:
         now = time.time()
@@ -561,16 +562,6 @@ def _has_attr(wrapper: Any, name: str) -> bool:
         return True
     except AttributeError:
         return False
-
-
-def _status(request: Message, code: int, description: str, body: Any = None, condition: str | None = None,
-            code_key: str = "statusCode", description_key: str = "statusDescription") -> Message:
-    props: dict[Any, Any] = {code_key: codec.amqp_int(code), description_key: description}
-    if condition:
-        props["errorCondition"] = symbol(condition)
-    reply = Message(body=body, properties=props)
-    reply.correlation_id = request.id
-    return reply
 
 
 class AmqpServer:
