@@ -9,7 +9,8 @@
 * CPU time per trivial task, by component (agents, broker, Azurite, this process = site + benchmark):
   steadier than latencies on a shared machine, and what bounds throughput.
 
-Run: ``.venv/bin/python -m benchmarks pipeline [--tasks 200] [--workers 4] [--command true]``.
+Run: ``.venv/bin/python -m benchmarks pipeline [--tasks=200] [--workers=4] [--command=true]`` (options
+with ``=``: the benchmarks runner takes a bare word for a benchmark name).
 """
 
 from __future__ import annotations
