@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -34,17 +33,12 @@ from tests.fixtures.rootfs import (
     wait_for,
 )
 from tests.playbooks.harness import REPO, build_wheel, run_playbook, tail
+from worker.local.processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(1500)]
 
 SERVICE = "pool-agent"
 CONFIG = "/etc/pool-agent/agent.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
