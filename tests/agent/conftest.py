@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from tests.agent.harness import Pool, least_rights_queues
 from worker.storage import Storage
 
 _names = itertools.count()
@@ -22,6 +23,15 @@ def competition(storage: Storage) -> str:
     name = f"agent-{uuid.uuid4().hex[:8]}-{next(_names)}"
     storage.ensure_competition(name)
     return name
+
+
+@pytest.fixture
+def pool(emulator, queue_factory, storage, competition, tmp_path):
+    """One in-process agent's world: least-rights task/response queues (10 s locks, 2 deliveries)."""
+    tasks, responses = least_rights_queues(queue_factory, lock_duration="PT10S", max_delivery_count=2)
+    pool = Pool(emulator, storage, competition, tasks, responses, tmp_path)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture

@@ -16,14 +16,6 @@ pytestmark = pytest.mark.slow
 S = TaskState
 
 
-@pytest.fixture
-def pool(emulator, queue_factory, storage, competition, tmp_path):
-    tasks, responses = least_rights_queues(queue_factory, lock_duration="PT10S", max_delivery_count=2)
-    pool = Pool(emulator, storage, competition, tasks, responses, tmp_path)
-    yield pool
-    pool.close()
-
-
 def assert_ordered(statuses):
     seqs = [s.seq for s in statuses]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs

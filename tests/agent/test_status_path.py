@@ -17,14 +17,6 @@ pytestmark = pytest.mark.slow
 S = TaskState
 
 
-@pytest.fixture
-def pool(emulator, queue_factory, storage, competition, tmp_path):
-    tasks, responses = least_rights_queues(queue_factory, lock_duration="PT10S", max_delivery_count=2)
-    pool = Pool(emulator, storage, competition, tasks, responses, tmp_path)
-    yield pool
-    pool.close()
-
-
 def test_short_task_statuses_in_order_and_empty_output_not_uploaded(pool):
     tasks = [pool.task(["true"]) for _ in range(3)]
     pool.start_agent()
