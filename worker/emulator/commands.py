@@ -40,6 +40,11 @@ def emulator(
     Prints one connection string per policy (they end in ;UseDevelopmentEmulator=true, which makes
     the SDK use plain AMQP on the given port). Stop with Ctrl-C or SIGTERM.
     """
+    try:
+        import proton  # noqa: F401  (the AMQP engine; only the `local` extra installs it)
+    except ImportError:
+        typer.echo("pool emulator needs python-qpid-proton: pip install 'compute-pools[local]'", err=True)
+        raise typer.Exit(2) from None
     from worker.emulator.app import run
     from worker.emulator.config import ConfigError
 
