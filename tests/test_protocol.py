@@ -79,3 +79,21 @@ def test_oversize_messages_are_rejected_both_ways():
 def test_competition_name_rule_is_enforced():
     with pytest.raises(ValidationError, match="competition"):
         make_task(competition="Comp_Demo")
+
+
+def test_presence_round_trip_and_it_is_neither_a_status_nor_a_task():
+    from worker.protocol import Activity, HostFacts, Presence, decode_presence
+
+    host = HostFacts(hostname="h", os="linux", cpu_count=4, memory_mb=1024, driver="process", agent_version="0.1")
+    report = Presence(worker_id="w1", activity=Activity.LEFT, interval_s=10, seq=3, host=host)
+    assert decode_presence(encode(report)) == report
+    with pytest.raises(ProtocolError) as err:
+        decode_status(encode(report))
+    assert err.value.reason == "InvalidStatus"
+    with pytest.raises(ProtocolError) as err:
+        decode_presence(encode(Status(task_id="t", attempt=1, seq=0, state=TaskState.RECEIVED, worker_id="w1")))
+    assert err.value.reason == "InvalidPresence" and "host" in err.value.description
+    for bad in ({"interval_s": 0}, {"activity": "asleep"}, {"seq": -1}):
+        body = json.loads(encode(report)) | bad
+        with pytest.raises(ProtocolError, match="invalid presence"):
+            decode_presence(json.dumps(body))

@@ -1,4 +1,6 @@
-"""Wire models exchanged through the queues: a Task (site -> worker) and a Status (worker -> site).
+"""Wire models exchanged through the queues: a Task (site -> worker), and a Status or a Presence
+(worker -> site, on the response queue, told apart by the message's ``subject``: :data:`SUBJECT_STATUS`
+or :data:`SUBJECT_PRESENCE`; a message without a subject is a Status, as sent by older agents).
 
 Messages carry ids and SAS URLs, never payloads. JSON on the wire, versioned by ``schema_version``;
 anything that does not validate raises :class:`ProtocolError` with a readable reason, which the
@@ -151,17 +153,39 @@ class Status(_Model):
     timestamp: datetime = Field(default_factory=utcnow)
 
 
-Message = Task | Status
+class Activity(StrEnum):
+    IDLE = "idle"  # waiting for a task
+    BUSY = "busy"
+    LEFT = "left"  # stopped cleanly; the last presence of this agent run
 
 
-def encode(message: Task | Status) -> bytes:
+class Presence(_Model):
+    """A worker's "I am here" report, sent while it has no task (a task's statuses say it while it has
+    one), at start, every ``interval_s``, and once with ``activity: left`` on a clean shutdown."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    worker_id: str
+    activity: Activity = Activity.IDLE
+    interval_s: float = Field(gt=0)  # the next presence is due within this; the site judges liveness by it
+    seq: int = Field(ge=0)  # per agent run, increasing (debugging; the site orders by ``timestamp``)
+    host: HostFacts
+    timestamp: datetime = Field(default_factory=utcnow)
+
+
+SUBJECT_STATUS = "status"
+SUBJECT_PRESENCE = "presence"
+
+Message = Task | Status | Presence
+
+
+def encode(message: Task | Status | Presence) -> bytes:
     data = message.model_dump_json().encode()
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError("MessageTooLarge", f"message is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
     return data
 
 
-def _decode(model: type[Task | Status], body: bytes | str) -> Task | Status:
+def _decode(model: type[Task | Status | Presence], body: bytes | str) -> Task | Status | Presence:
     raw = body.encode() if isinstance(body, str) else bytes(body)
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("MessageTooLarge", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
@@ -192,3 +216,7 @@ def decode_task(body: bytes | str) -> Task:
 
 def decode_status(body: bytes | str) -> Status:
     return _decode(Status, body)  # type: ignore[return-value]
+
+
+def decode_presence(body: bytes | str) -> Presence:
+    return _decode(Presence, body)  # type: ignore[return-value]

@@ -19,7 +19,17 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQ
 from worker.agent import run_agent
 from worker.config import AgentConfig, dump_agent_config, parse_agent_config
 from worker.emulator.launcher import EmulatorProcess, generate_key
-from worker.protocol import CONTENT_TYPE, Status, Task, TaskState, decode_status, encode
+from worker.protocol import (
+    CONTENT_TYPE,
+    SUBJECT_PRESENCE,
+    Presence,
+    Status,
+    Task,
+    TaskState,
+    decode_presence,
+    decode_status,
+    encode,
+)
 from worker.storage import Storage
 
 
@@ -31,10 +41,12 @@ def least_rights_queues(queue_factory: Callable[..., str], **task_queue_props: A
 
 
 class StatusCollector:
-    """Receives every status from the response queue in a thread (as the site's watcher would)."""
+    """Receives every status (and presence report) from the response queue in a thread (as the site's
+    watcher would)."""
 
     def __init__(self, client: ServiceBusClient, queue: str) -> None:
         self.statuses: list[Status] = []
+        self.presences: list[Presence] = []
         self._client = client
         self._queue = queue
         self._stop = threading.Event()
@@ -46,11 +58,25 @@ class StatusCollector:
         with self._client.get_queue_receiver(self._queue, max_wait_time=0.5) as receiver:
             while not self._stop.is_set():
                 for message in receiver.receive_messages(max_message_count=20, max_wait_time=0.5):
-                    status = decode_status(b"".join(message.body))
+                    body = b"".join(message.body)
+                    presence = message.subject == SUBJECT_PRESENCE
+                    report = decode_presence(body) if presence else decode_status(body)
                     receiver.complete_message(message)
                     with self._cond:
-                        self.statuses.append(status)
+                        (self.presences if presence else self.statuses).append(report)  # type: ignore[arg-type]
                         self._cond.notify_all()
+
+    def wait_presence(self, predicate: Callable[[Presence], bool], timeout: float = 30) -> Presence:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for presence in self.presences:
+                    if predicate(presence):
+                        return presence
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching presence within {timeout}s; seen {self.presences}")
+                self._cond.wait(left)
 
     def of(self, task_id: str) -> list[Status]:
         with self._cond:

@@ -50,6 +50,19 @@ def wait_state(stack: LocalStack, task_id: str, state: str, timeout: float = 20)
     raise AssertionError(f"{task_id} is {get_task(stack.site, task_id).state}, not {state}, after {timeout} s")
 
 
+def test_pool_status_counts_the_idle_agents_as_live_workers(stack):
+    def workers_column() -> str:
+        result = CliRunner().invoke(app, ["status", "--data-dir", str(stack.data_dir)], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if line.startswith(f"│ {POOL} "))
+        return row.split("│")[4].strip()  # pool, depth, DLQ, workers
+
+    deadline = time.monotonic() + 30
+    while (seen := workers_column()) != "2" and time.monotonic() < deadline:  # no task yet: only presence
+        time.sleep(0.2)
+    assert seen == "2"
+
+
 def test_cli_submit_bundle_with_input_output_and_logs(stack, tmp_path):
     program = tmp_path / "prog"
     program.mkdir()

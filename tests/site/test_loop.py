@@ -16,9 +16,10 @@ from worker import protocol, storage
 from worker.config import competition_queues
 from worker.emulator.launcher import generate_key
 from worker.site.db import transaction
-from worker.site.models import Task, TaskEvent, utcnow
+from worker.site.models import Task, TaskEvent, Worker, utcnow
 from worker.site.pools import UnknownPool, register_pool
 from worker.site.producer import Submission
+from worker.site.queries import pool_summaries
 from worker.site.service import Site, SiteSettings
 
 pytestmark = pytest.mark.slow
@@ -239,3 +240,44 @@ def test_unsendable_submissions_are_refused_before_anything_is_recorded(env, sub
         env.site.producer.submit(Submission(pool=env.competition, command=["true"], **submission))
     with env.site.sessions() as s:
         assert s.query(Task).count() == 0
+
+
+def test_presence_reports_upsert_workers_and_unknown_kinds_are_dead_lettered(env):
+    env.site.start_background()
+    host = protocol.HostFacts(hostname="h", os="linux", cpu_count=2, memory_mb=100, driver="process",
+                              agent_version="0")
+
+    def presence(worker: str, seq: int, activity=protocol.Activity.IDLE) -> bytes:
+        return protocol.encode(protocol.Presence(worker_id=worker, activity=activity, interval_s=5, seq=seq,
+                                                 host=host))
+
+    def message(body: bytes, message_id: str) -> ServiceBusMessage:
+        return ServiceBusMessage(body, subject=protocol.SUBJECT_PRESENCE, message_id=message_id)
+
+    a0, b0, a1 = presence("a", 0), presence("b", 0), presence("a", 1)  # in this order on the workers' clock
+    with env.reporter.get_queue_sender(env.response_queue) as sender:
+        sender.send_messages([message(a0, "a0"), message(b0, "b0"), message(a1, "a1")])
+        sender.send_messages(message(a1, "a1-again"))  # the same report again (not deduplicated by its id)
+        sender.send_messages(ServiceBusMessage(b"{}", subject="gossip", message_id="odd"))
+        sender.send_messages(ServiceBusMessage(b"{\"schema_version\": 1}", subject=protocol.SUBJECT_PRESENCE,
+                                               message_id="bad"))
+    stats = env.site.watcher.stats
+    wait_until(lambda: stats.received >= 4 and stats.dead_lettered >= 2, what="handled")
+    with env.site.sessions() as s:
+        summary = next(p for p in pool_summaries(s) if p.name == env.competition)
+        assert (summary.live_workers, summary.idle_workers) == (2, 2)
+        assert env.site.watcher.stats.ignored == 1  # the repeated report changed nothing
+        assert {w.id: w.pool for w in s.query(Worker)} == {"a": env.competition, "b": env.competition}
+    with env.reporter.get_queue_sender(env.response_queue) as sender:
+        sender.send_messages(message(presence("b", 1, protocol.Activity.LEFT), "b1"))
+    wait_until(lambda: env.site.watcher.stats.received >= 5, what="left handled")
+    with env.site.sessions() as s:
+        summary = next(p for p in pool_summaries(s) if p.name == env.competition)
+        assert summary.live_workers == 1 and s.get(Worker, "b").left_at is not None
+    with env.root.get_queue_receiver(env.response_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
+        dead = []
+        wait_until(lambda: dead.extend(dlq.receive_messages(max_message_count=5, max_wait_time=1)) or len(dead) >= 2,
+                   what="dead letters")
+        assert sorted(m.dead_letter_reason for m in dead) == ["InvalidPresence", "UnknownMessageKind"]
+        for m in dead:
+            dlq.complete_message(m)

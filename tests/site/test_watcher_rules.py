@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from worker.protocol import HostFacts, Status, TaskState
+from worker.protocol import Activity, HostFacts, Presence, Status, TaskState
 from worker.site.db import transaction
 from worker.site.models import Task, TaskEvent, Worker
+from worker.site.models import utcnow as utcnow_
 from worker.site.pools import register_pool
-from worker.site.watcher import Outcome, apply_status
+from worker.site.queries import is_live
+from worker.site.watcher import Outcome, apply_presence, apply_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -108,3 +110,64 @@ def test_redelivery_to_another_worker_restarts_the_sequence(sessions, task_id):
     row = task(sessions)
     assert (row.state, row.worker_id) == ("finished", "w2")
     assert [h[1] for h in history(sessions)] == ["received", "running", "received", "running", "finished"]
+
+
+# -- presence reports ------------------------------------------------------------------------------
+HOST = HostFacts(hostname="h", os="linux", cpu_count=2, memory_mb=100, driver="process", agent_version="0")
+
+
+def pr(at: int, activity: Activity = Activity.IDLE, *, worker: str = "w1", seq: int = 0) -> Presence:
+    return Presence(worker_id=worker, activity=activity, interval_s=10, seq=seq, host=HOST,
+                    timestamp=T0 + timedelta(seconds=at))
+
+
+def presence(sessions, report: Presence, pool: str = "demo", now: datetime | None = None) -> Outcome:
+    with transaction(sessions) as s:
+        return apply_presence(s, report, pool, now=now)
+
+
+def live(sessions, now: datetime) -> tuple[int, int]:
+    with sessions() as s:
+        workers = list(s.scalars(select(Worker)))
+        return (sum(is_live(w, now) for w in workers),
+                sum(is_live(w, now) and w.activity == "idle" for w in workers))
+
+
+def test_presence_upserts_the_worker_and_duplicates_or_older_ones_change_nothing(sessions, task_id):
+    now = T0 + timedelta(seconds=100)
+    assert presence(sessions, pr(1), now=now) is Outcome.PRESENCE
+    assert presence(sessions, pr(1), now=now + timedelta(seconds=5)) is Outcome.DUPLICATE  # redelivered
+    assert presence(sessions, pr(3, seq=2), now=now) is Outcome.PRESENCE
+    assert presence(sessions, pr(2, seq=1), now=now + timedelta(seconds=9)) is Outcome.DUPLICATE  # out of order
+    with sessions() as s:
+        w = s.get(Worker, "w1")
+        assert (w.pool, w.activity, w.interval_s, w.left_at, w.host["hostname"]) == ("demo", "idle", 10, None, "h")
+        assert w.reported_at == T0 + timedelta(seconds=3) and w.last_seen_at == now
+    assert live(sessions, now + timedelta(seconds=29)) == (1, 1)  # within 3 intervals of 10 s
+    assert live(sessions, now + timedelta(seconds=31)) == (0, 0)  # silent for longer: not live
+
+
+def test_left_is_final_until_a_newer_report(sessions, task_id):
+    now = T0 + timedelta(seconds=100)
+    presence(sessions, pr(1), now=now)
+    assert presence(sessions, pr(2, Activity.LEFT), now=now) is Outcome.PRESENCE
+    assert live(sessions, now) == (0, 0)
+    assert presence(sessions, pr(1), now=now) is Outcome.DUPLICATE  # a late idle report: still left
+    assert apply(sessions, st(0, TaskState.RECEIVED, at=1)) is Outcome.APPLIED  # an old status
+    with sessions() as s:
+        assert s.get(Worker, "w1").left_at is not None
+    assert live(sessions, now) == (0, 0)
+    assert presence(sessions, pr(5), now=now) is Outcome.PRESENCE  # the agent is back
+    assert live(sessions, now) == (1, 1)
+
+
+def test_statuses_make_a_worker_busy_and_a_final_one_idle(sessions, task_id):
+    now = utcnow_()
+    presence(sessions, pr(0), now=now)
+    apply(sessions, st(0, TaskState.RECEIVED, at=1))
+    with sessions() as s:
+        assert (s.get(Worker, "w1").activity, s.get(Worker, "w1").current_task) == ("busy", "t1")
+    assert presence(sessions, pr(0, seq=1), now=now) is Outcome.DUPLICATE  # built before the task arrived
+    apply(sessions, st(1, TaskState.FINISHED, at=2, exit_code=0))
+    with sessions() as s:
+        assert (s.get(Worker, "w1").activity, s.get(Worker, "w1").current_task) == ("idle", None)

@@ -11,7 +11,9 @@ every status before it — was sent. A status that cannot be sent stops the task
 as before); a heartbeat that cannot be sent is only logged.
 
 The same thread sends the heartbeats of the task in hand (the current state again, ``heartbeat:
-true``, every ``heartbeat_interval_s`` from ``received`` until the final status, never after).
+true``, every ``heartbeat_interval_s`` from ``received`` until the final status, never after), and,
+while the agent has no task, its presence reports (:meth:`StatusSender.presence`): the receive loop
+never waits for them, and they cost no thread.
 
 Sequence numbers are strictly increasing per attempt, also across redeliveries of the same attempt
 (a worker crashed, or a task was handed back): ``seq = delivery_count * SEQ_PER_DELIVERY + n``, so the
@@ -32,7 +34,17 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSend
 from azure.servicebus.exceptions import ServiceBusError
 
 from worker.agent.errors import InfrastructureError
-from worker.protocol import CONTENT_TYPE, HostFacts, Status, Task, TaskState, encode
+from worker.protocol import (
+    CONTENT_TYPE,
+    SUBJECT_PRESENCE,
+    SUBJECT_STATUS,
+    HostFacts,
+    Presence,
+    Status,
+    Task,
+    TaskState,
+    encode,
+)
 from worker.servicebus import status_sender
 
 log = logging.getLogger(__name__)
@@ -47,22 +59,36 @@ FLUSH_TIMEOUT_S = 120.0  # the SDK's own retries end long before this; a guard a
 @dataclass
 class _Pending:
     queue: str
-    status: Status
-    reporter: TaskReporter
+    status: Status | Presence
+    reporter: TaskReporter | None  # None: a presence report (its failure is only logged)
     urgent: bool = False  # send it (and everything queued before it) now
     due: float = field(default_factory=lambda: time.monotonic() + COALESCE_S)
     done: threading.Event = field(default_factory=threading.Event)
+    failed: bool = False  # set before ``done`` when it could not be sent
 
 
-def _message(status: Status, rest: int) -> ServiceBusMessage:
+def _message(status: Status | Presence, rest: int) -> ServiceBusMessage:
     """``batch_rest``: how many messages of the same batch follow this one (a hint that lets the
     site's watcher take the whole batch into one transaction instead of waiting to learn of them)."""
+    if isinstance(status, Presence):
+        return ServiceBusMessage(
+            encode(status),
+            content_type=CONTENT_TYPE,
+            subject=SUBJECT_PRESENCE,
+            message_id=f"presence:{status.worker_id}:{status.timestamp.timestamp():.6f}:{status.seq}",
+            application_properties={"worker_id": status.worker_id, "activity": status.activity.value,
+                                    BATCH_REST: rest},
+        )
     return ServiceBusMessage(
         encode(status),
         content_type=CONTENT_TYPE,
+        subject=SUBJECT_STATUS,
         message_id=f"{status.task_id}:{status.attempt}:{status.seq}",
         application_properties={"task_id": status.task_id, "state": status.state.value, BATCH_REST: rest},
     )
+
+
+PresenceSource = Callable[[], Presence | None]  # the report to send now; None: busy, nothing to send
 
 
 class StatusSender:
@@ -83,6 +109,8 @@ class StatusSender:
         self._next_beat = float("inf")
         self._urgent = 0  # urgent items in the queue
         self._to_open: list[str] = []  # response queues whose link to attach ahead of the first status
+        self._presence: tuple[str, PresenceSource, float] | None = None  # (queue, source, interval)
+        self._next_presence = float("inf")
 
     def warm(self, queue: str) -> None:
         """Attach the link to ``queue`` now, in the background: attaching costs ~0.5 s, which the
@@ -121,6 +149,23 @@ class StatusSender:
             self._next_beat = time.monotonic() + interval_s if reporter is not None else float("inf")
             self._cond.notify()
 
+    def presence(self, queue: str, source: PresenceSource | None, interval_s: float = 0.0) -> None:
+        """Send ``source()`` to ``queue`` now and every ``interval_s`` (None: stop). ``source`` returns
+        None while the agent has a task (its statuses and heartbeats say it is alive)."""
+        with self._cond:
+            if source is None:
+                self._presence, self._next_presence = None, float("inf")
+            else:
+                self._start()
+                self._presence, self._next_presence = (queue, source, interval_s), time.monotonic()
+            self._cond.notify()
+
+    def send_presence(self, queue: str, report: Presence, timeout: float = 5.0) -> bool:
+        """Send one report now (the final ``left`` one) and wait for it; False if it was not sent."""
+        item = _Pending(queue, report, None, urgent=True)
+        self.enqueue(item)
+        return item.done.wait(timeout) and not item.failed
+
     def close(self, timeout: float = 10.0) -> None:
         """Send what is queued, stop the thread, close the links."""
         with self._cond:
@@ -136,6 +181,7 @@ class StatusSender:
     def _run(self) -> None:
         while True:
             beat: TaskReporter | None = None
+            presence: tuple[str, PresenceSource] | None = None
             with self._cond:
                 to_open, self._to_open = self._to_open, []
             for queue in to_open:
@@ -145,20 +191,36 @@ class StatusSender:
                     now = time.monotonic()
                     send = bool(self._queue) and (self._closed or self._urgent > 0 or len(self._queue) >= MAX_BATCH
                                                   or now >= self._queue[0].due)
-                    if send or now >= self._next_beat or self._to_open:
+                    if send or now >= self._next_beat or now >= self._next_presence or self._to_open:
                         break
                     if self._closed:
                         return
-                    wake = min(self._next_beat, self._queue[0].due if self._queue else float("inf"))
+                    wake = min(self._next_beat, self._next_presence,
+                               self._queue[0].due if self._queue else float("inf"))
                     self._cond.wait(None if wake == float("inf") else wake - now)
                 if self._beat is not None and now >= self._next_beat:
                     beat, interval = self._beat
                     self._next_beat = now + interval
+                if self._presence is not None and now >= self._next_presence:
+                    queue, source, interval = self._presence
+                    presence = (queue, source)
+                    self._next_presence = now + interval
                 batch = self._take_batch() if send else []
             if beat is not None:
                 beat.heartbeat()  # queued; goes out with the next batch
+            if presence is not None:
+                self._queue_presence(*presence)
             if batch:
                 self._send_batch(batch)
+
+    def _queue_presence(self, queue: str, source: PresenceSource) -> None:
+        try:
+            report = source()
+        except Exception:  # a bug in a report must not stop the statuses
+            log.exception("building the presence report failed")
+            return
+        if report is not None:
+            self.enqueue(_Pending(queue, report, None, urgent=True))  # idle: nothing to coalesce with
 
     def _take_batch(self) -> list[_Pending]:
         """Everything queued (for one response queue), up to MAX_BATCH: one send."""
@@ -181,7 +243,8 @@ class StatusSender:
             log.debug("attaching the sender to %s ahead of time failed: %r", queue, exc)
 
     def _send_batch(self, batch: list[_Pending]) -> None:
-        live = [item for item in batch if item.reporter.error is None]  # a failed run sends nothing more
+        # a failed run sends nothing more
+        live = [item for item in batch if item.reporter is None or item.reporter.error is None]
         queue = batch[0].queue
         try:
             if live:
@@ -194,14 +257,22 @@ class StatusSender:
             self._drop(queue)
             error = InfrastructureError(f"cannot send status to {queue}: {exc}")
             for item in live:
-                item.reporter.failed(item.status, error)
+                self._failed(item, error)
         except Exception as exc:  # a bug must not kill the sender thread (nothing would be sent after it)
             log.exception("sending statuses failed")
             for item in live:
-                item.reporter.failed(item.status, InfrastructureError(f"cannot send status: {exc!r}"))
+                self._failed(item, InfrastructureError(f"cannot send status: {exc!r}"))
         finally:
             for item in batch:
                 item.done.set()
+
+    @staticmethod
+    def _failed(item: _Pending, error: InfrastructureError) -> None:
+        item.failed = True
+        if item.reporter is not None:
+            item.reporter.failed(item.status, error)  # type: ignore[arg-type]
+        else:  # the next presence report says the same
+            log.warning("presence report not sent: %s", error)
 
     def _drop(self, queue: str) -> None:
         sender = self._senders.pop(queue, None)

@@ -3,6 +3,10 @@
 For each message: decode (invalid -> dead-letter with the readable reason), run the task in a
 thread while this thread keeps the lock alive and watches for shutdown, then settle according to
 the run's outcome. Lost connections are reopened with exponential backoff (tenacity).
+
+While it has no task the agent reports its presence (worker id, host facts) on the response queue at
+start, every ``heartbeat_interval_s`` and once more, ``left``, on a clean shutdown; the status-sender
+thread sends them, so waiting for a task never waits for them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from worker.agent.reporter import StatusSender, TaskReporter
 from worker.config import AgentConfig
 from worker.execution import get_driver
 from worker.execution.base import ExecutionDriver
-from worker.protocol import KillReason, ProtocolError, decode_task
+from worker.protocol import Activity, KillReason, Presence, ProtocolError, decode_task
 from worker.servicebus import response_client, task_client, task_receiver
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,9 @@ class Agent:
         self.host = host_facts(self.driver, config.execution.gpus)
         self.cache = InputCache(config.resolved_cache_dir(), config.cache.max_bytes)
         self.tasks_handled = 0
+        self._busy = False  # a task message is in hand (no idle presence reports meanwhile)
+        self._presence_seq = 0
+        self._presence_lock = threading.Lock()
         self.reconnects = 0
         # Kept for the agent's life: a task's preparation round trips start no threads of their own.
         self._prepare_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="prepare")
@@ -70,6 +77,7 @@ class Agent:
         response = response_client(settings)
         sender = StatusSender(response)
         sender.warm(settings.response_queue)
+        sender.presence(settings.response_queue, self._idle_presence, self.config.heartbeat_interval_s)
         try:
             while not self.stop_event.is_set():
                 retrying = Retrying(
@@ -87,11 +95,24 @@ class Agent:
                 except Exception as exc:  # noqa: BLE001 - tenacity gave up because we are stopping
                     log.debug("receive loop ended: %r", exc)
         finally:
+            sender.presence(settings.response_queue, None)
+            if not sender.send_presence(settings.response_queue, self.presence(Activity.LEFT)):
+                log.warning("could not tell the site that this worker leaves")
             sender.close()
             response.close()
             self._prepare_pool.shutdown(wait=False)
         log.info("agent %s stopped after %d task(s)", self.worker_id, self.tasks_handled)
         return 0
+
+    def presence(self, activity: Activity) -> Presence:
+        with self._presence_lock:
+            seq, self._presence_seq = self._presence_seq, self._presence_seq + 1
+        return Presence(worker_id=self.worker_id, activity=activity, interval_s=self.config.heartbeat_interval_s,
+                        seq=seq, host=self.host)
+
+    def _idle_presence(self) -> Presence | None:
+        """Called by the status-sender thread when a presence report is due."""
+        return None if self._busy else self.presence(Activity.IDLE)
 
     def _log_retry(self, state) -> None:  # tenacity RetryCallState
         self.reconnects += 1
@@ -110,7 +131,11 @@ class Agent:
                 while not self.stop_event.is_set():
                     for message in receiver.receive_messages(max_message_count=1,
                                                              max_wait_time=self.config.receive_wait_s):
-                        self._handle(receiver, message, sender)
+                        self._busy = True
+                        try:
+                            self._handle(receiver, message, sender)
+                        finally:
+                            self._busy = False
         except TRANSIENT:
             if time.monotonic() - started > HEALTHY_SESSION_S and not self.stop_event.is_set():
                 log.warning("Service Bus connection lost; reconnecting", exc_info=True)

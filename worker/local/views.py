@@ -20,13 +20,14 @@ def styled(state: str) -> str:
 def pools_table(site: Site) -> Table:
     table = Table(title="pools", title_justify="left")
     table.add_column("pool", no_wrap=True)
-    for column in ("depth", "DLQ", "workers", "queued", "active", "done", "failed", "timeout", "cancel"):
+    for column in ("depth", "DLQ", "workers", "idle", "queued", "active", "done", "failed", "timeout", "cancel"):
         table.add_column(column, justify="right")
     with site.sessions() as session:
         for p in pool_summaries(session):
             active = sum(p.counts.get(s, 0) for s in ("received", "preparing", "running", "uploading"))
             counts = [str(p.counts.get("queued", 0)), str(active)] + [str(p.counts.get(s, 0)) for s in COUNTED[2:]]
-            table.add_row(p.name, _n(p.queue_depth), _n(p.dead_letters), str(p.live_workers), *counts)
+            table.add_row(p.name, _n(p.queue_depth), _n(p.dead_letters), str(p.live_workers), str(p.idle_workers),
+                          *counts)
     return table
 
 

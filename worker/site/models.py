@@ -162,7 +162,8 @@ class TaskEvent(Base):
 
 
 class Worker(Base):
-    """A worker as last heard of through its statuses (live = heard within a few heartbeats)."""
+    """A worker as last heard of through its statuses and presence reports (live = heard within
+    :data:`LIVE_AFTER_BEATS` of its report interval, and not left)."""
 
     __tablename__ = "workers"
 
@@ -171,4 +172,13 @@ class Worker(Base):
     host: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     current_task: Mapped[str | None] = mapped_column(String(64))
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # site's clock
+    # From presence reports (None for a worker only heard of through statuses).
+    activity: Mapped[str | None] = mapped_column(String(16))  # idle | busy | left
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # worker's clock of the newest report
+    interval_s: Mapped[float | None] = mapped_column(Float)  # its presence interval
+    left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # clean shutdown; cleared when it is back
+
+
+LIVE_AFTER_BEATS = 3  # a worker is live while heard within this many report intervals
+DEFAULT_LIVE_S = 60.0  # for workers that never sent a presence (their interval is unknown)

@@ -6,6 +6,11 @@ refresh ``last_heard_at``. A redelivery of the same attempt to another worker (t
 its lock expired) starts a new sequence with a RECEIVED status newer than anything applied so far.
 Each message is completed only after the transaction that applied it committed; a crash in between
 redelivers it, and the rules above make the second application a no-op.
+
+Presence reports (message subject ``presence``, see :func:`apply_presence`) upsert the ``workers`` row
+of the pool whose response queue they came through; one older than the newest report already applied
+for that worker (a duplicate, or one overtaken by a later status) changes nothing. A message with
+another subject is dead-lettered (``UnknownMessageKind``); one without a subject is a status.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class Outcome(StrEnum):
     STALE_ATTEMPT = "stale_attempt"
     TERMINAL = "terminal"  # the task already reached a final state
     UNKNOWN_TASK = "unknown_task"
+    PRESENCE = "presence"  # a worker's presence report applied
+
+
+UNKNOWN_KIND = "UnknownMessageKind"
 
 
 def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
@@ -99,6 +108,42 @@ def _touch_worker(session: Session, row: TaskRow, status: protocol.Status, now: 
     worker.pool = row.pool
     worker.last_seen_at = now
     worker.current_task = None if status.state.terminal else row.id
+    if worker.reported_at is None or status.timestamp >= worker.reported_at:  # newer than its last presence
+        worker.reported_at = status.timestamp
+        worker.activity = (protocol.Activity.IDLE if status.state.terminal else protocol.Activity.BUSY).value
+        worker.left_at = None
+
+
+def apply_presence(session: Session, presence: protocol.Presence, pool: str | None,
+                   now: datetime | None = None) -> Outcome:
+    """Upsert the worker's row from a presence report received through ``pool``'s response queue."""
+    now = now or utcnow()
+    worker = session.get(Worker, presence.worker_id, with_for_update=True)
+    if worker is None:
+        if pool is None:
+            return Outcome.DUPLICATE  # nothing to attach it to (only when called without a pool)
+        worker = Worker(id=presence.worker_id, pool=pool, first_seen_at=now)
+        session.add(worker)
+    elif worker.reported_at is not None and presence.timestamp <= worker.reported_at:
+        return Outcome.DUPLICATE  # a redelivery, or overtaken by a newer report
+    worker.pool = pool or worker.pool
+    worker.host = presence.host.model_dump(mode="json")
+    worker.interval_s = presence.interval_s
+    worker.reported_at = presence.timestamp
+    worker.activity = presence.activity.value
+    worker.last_seen_at = now
+    worker.left_at = now if presence.activity is protocol.Activity.LEFT else None
+    if presence.activity is not protocol.Activity.BUSY:
+        worker.current_task = None
+    return Outcome.PRESENCE
+
+
+def message_kind(message: ServiceBusReceivedMessage) -> str:
+    """The message's subject (``status`` when it has none: agents before presence reports)."""
+    subject = message.subject
+    if isinstance(subject, bytes):
+        subject = subject.decode(errors="replace")
+    return subject or protocol.SUBJECT_STATUS
 
 
 def _prefetched(receiver: ServiceBusReceiver) -> int:
@@ -176,36 +221,48 @@ class Watcher:
                         if messages and more > 0:
                             messages += receiver.receive_messages(max_message_count=more, max_wait_time=1)
                         if messages:
-                            self.handle(receiver, messages)
+                            self.handle(receiver, messages, pool)
             except Exception as exc:  # noqa: BLE001 - reconnect with backoff, never die
                 log.warning("watcher for pool %s: %s; reconnecting in %.1f s", pool, exc, backoff)
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def handle(self, receiver: ServiceBusReceiver, messages: list[ServiceBusReceivedMessage]) -> None:
-        """Apply a batch in ONE transaction, then settle each message."""
-        statuses: list[tuple[ServiceBusReceivedMessage, protocol.Status]] = []
+    def handle(self, receiver: ServiceBusReceiver, messages: list[ServiceBusReceivedMessage],
+               pool: str | None = None) -> None:
+        """Apply a batch in ONE transaction, then settle each message. ``pool``: whose response queue
+        the batch came from (the pool a presence report's worker belongs to)."""
+        statuses: list[tuple[ServiceBusReceivedMessage, protocol.Status | protocol.Presence]] = []
         for message in messages:
+            kind = message_kind(message)
             try:
-                statuses.append((message, protocol.decode_status(b"".join(message.body))))
+                body = b"".join(message.body)
+                if kind == protocol.SUBJECT_STATUS:
+                    statuses.append((message, protocol.decode_status(body)))
+                elif kind == protocol.SUBJECT_PRESENCE:
+                    statuses.append((message, protocol.decode_presence(body)))
+                else:
+                    raise protocol.ProtocolError(UNKNOWN_KIND, f"unknown message subject {kind[:100]!r} "
+                                                 f"(expected {protocol.SUBJECT_STATUS!r} or {protocol.SUBJECT_PRESENCE!r})")
             except protocol.ProtocolError as exc:
-                log.warning("dead-lettering malformed status %s: %s", message.message_id, exc)
+                log.warning("dead-lettering malformed %s %s: %s", kind[:100], message.message_id, exc)
                 receiver.dead_letter_message(message, reason=exc.reason, error_description=exc.description[:1024])
                 self._count(dead_lettered=1)
 
         def work(session: Session) -> list[Outcome]:
             locked: dict[str, TaskRow | None] = {}
-            return [apply_status(session, status, locked=locked) for _, status in statuses]
+            return [apply_presence(session, report, pool) if isinstance(report, protocol.Presence)
+                    else apply_status(session, report, locked=locked) for _, report in statuses]
 
         outcomes = retrying(self.sessions, work) if statuses else []
         for (message, status), outcome in zip(statuses, outcomes, strict=True):
             if outcome is Outcome.UNKNOWN_TASK:
+                assert isinstance(status, protocol.Status)
                 receiver.dead_letter_message(message, reason="UnknownTask",
                                              error_description=f"no task {status.task_id!r} on this site")
                 self._count(dead_lettered=1)
                 continue
             receiver.complete_message(message)
-            applied = outcome in (Outcome.APPLIED, Outcome.HEARTBEAT)
+            applied = outcome in (Outcome.APPLIED, Outcome.HEARTBEAT, Outcome.PRESENCE)
             self._count(received=1, applied=int(applied), ignored=int(not applied))
 
     def _count(self, **deltas: int) -> None:
