@@ -88,6 +88,7 @@ class Pool:
     storage: object
     policies: dict[str, dict] = field(default_factory=dict)
     received: dict[str, list] = field(default_factory=dict)
+    presences: list = field(default_factory=list)  # idle reports of the booted agent
 
     def servicebus_settings(self, generation: str) -> dict:
         listen, send = f"listen-{generation}", f"send-{generation}"
@@ -130,7 +131,7 @@ class Pool:
         """Every status of ``task_id`` received so far, once one has a state in ``until``."""
         from azure.servicebus import ServiceBusClient
 
-        from worker.protocol import decode_status
+        from worker.protocol import SUBJECT_PRESENCE, decode_presence, decode_status
 
         def done() -> bool:
             return any(s.state.value in until for s in self.received.get(task_id, []))
@@ -140,8 +141,12 @@ class Pool:
         with client, client.get_queue_receiver(self.response_queue) as receiver:
             while not done() and time.monotonic() < deadline:
                 for msg in receiver.receive_messages(max_message_count=20, max_wait_time=2):
-                    status = decode_status(b"".join(msg.body))
+                    body = b"".join(msg.body)
                     receiver.complete_message(msg)
+                    if msg.subject == SUBJECT_PRESENCE:  # the idle agent saying it is alive
+                        self.presences.append(decode_presence(body))
+                        continue
+                    status = decode_status(body)
                     self.received.setdefault(status.task_id, []).append(status)
         seen = sorted(self.received.get(task_id, []), key=lambda s: (s.attempt, s.seq))
         if not done():
@@ -280,6 +285,7 @@ def test_agent_processes_a_task_from_the_hosts_emulator(worker: Worker, pool: Po
     assert "sum 45" in pool.stdout(task_id)
     first = statuses[0]
     assert first.host is not None and first.host.driver == "bwrap"
+    assert pool.presences and pool.presences[0].host is not None, "the booted agent never reported itself idle"
 
 
 def test_image_tests_pass_on_the_booted_worker(worker: Worker):
