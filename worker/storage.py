@@ -15,15 +15,14 @@ output archive  outputs    ``tasks/<task>/<attempt>/output.tar.gz``    create, w
 
 Cancellation: the site writes the control blob (JSON, see :class:`ControlSignal`); the agent polls it
 through its read-only SAS (a missing blob means "carry on"), so workers need no extra Service Bus
-rights. The SAS-URL helpers at the bottom (``append_url``, ``read_control_url``...) need no account
-credential and are what a worker may use.
+rights. The worker's side of every SAS URL (append, read the control blob, upload) is
+:mod:`worker.agent.blobs`; this module holds no worker-side copy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,6 @@ from typing import Any, Literal
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
-    BlobClient,
     BlobSasPermissions,
     BlobServiceClient,
     ContentSettings,
@@ -46,7 +44,6 @@ from worker.protocol import Bundle
 LogStream = Literal["stdout", "stderr"]
 DEFAULT_SAS_MARGIN_S = 6 * 3600.0  # queue wait + upload time on top of the task's time limit
 CLOCK_SKEW = timedelta(minutes=5)  # SAS start is backdated so a worker with a slow clock is fine
-_TEXT = ContentSettings(content_type="text/plain; charset=utf-8")
 
 
 def task_prefix(task_id: str, attempt: int) -> str:
@@ -274,42 +271,3 @@ class Storage:
             return blob.download_blob().readall()
         except ResourceNotFoundError:
             return None
-
-
-# --- SAS-URL helpers: no account credential needed (what a worker holds) ---------------------------
-
-
-def blob_from_url(url: str) -> BlobClient:
-    return BlobClient.from_blob_url(url)
-
-
-def create_append_url(url: str) -> None:
-    """Create the append blob behind ``url`` if it does not exist yet (needs create/write)."""
-    try:
-        blob_from_url(url).create_append_blob(content_settings=_TEXT, if_none_match="*")
-    except ResourceExistsError:
-        pass
-
-
-def append_url(url: str, data: bytes) -> None:
-    """Append one block (≤ 4 MiB) to the append blob behind ``url`` (needs add)."""
-    blob_from_url(url).append_block(data)
-
-
-def read_control_url(url: str) -> ControlSignal | None:
-    """The control signal of a task, or None when the site has not written one."""
-    try:
-        body = blob_from_url(url).download_blob().readall()
-    except ResourceNotFoundError:
-        return None
-    if not body.strip():
-        return None
-    try:
-        return ControlSignal.model_validate(json.loads(body))
-    except ValueError:  # unreadable control blob: treat as a cancel, never ignore the site's intent
-        return ControlSignal(reason="cancelled (unreadable control blob)")
-
-
-def upload_url(url: str, data: bytes | io.IOBase) -> None:
-    """Write a block blob through a create/write SAS (the output archive)."""
-    blob_from_url(url).upload_blob(data, overwrite=True)

@@ -1,4 +1,7 @@
-"""worker.storage against a real Azurite: containers, least-rights SAS per task, logs, cancellation."""
+"""worker.storage against a real Azurite: containers, least-rights SAS per task, logs, cancellation.
+
+The worker's side of each SAS URL is the agent's own blob code (worker.agent.blobs), so these tests
+check the rights the site grants against exactly what a worker does with them."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 
 from worker import storage as st
+from worker.agent import blobs
+from worker.agent.errors import InfrastructureError
 from worker.config import competition_containers
 
 
@@ -26,7 +31,9 @@ def competition() -> str:
 
 
 def _status(exc_info) -> int:
-    return exc_info.value.status_code
+    """The HTTP status behind an SDK error, or behind the worker's InfrastructureError wrapping one."""
+    error = exc_info.value
+    return (error.__cause__ if isinstance(error, InfrastructureError) else error).status_code
 
 
 def test_ensure_competition_creates_containers_idempotently(store, competition):
@@ -40,46 +47,49 @@ def test_ensure_competition_creates_containers_idempotently(store, competition):
 def test_log_sas_can_append_but_not_read_or_touch_other_blobs(store, competition):
     store.ensure_competition(competition)
     urls = store.task_urls(competition, "t1", 1, time_limit_s=60)
-    st.create_append_url(urls.stdout_url)
-    st.create_append_url(urls.stdout_url)  # idempotent
-    st.append_url(urls.stdout_url, b"hello\n")
-    st.append_url(urls.stdout_url, b"world\n")
+    log = blobs.AppendBlob(urls.stdout_url)
+    log.create()
+    log.create()  # a fresh blob again: a redelivered attempt starts its log over
+    log.append(b"hello\n")
+    log.append(b"world\n")
     assert store.read_log(competition, "t1", 1, "stdout") == b"hello\nworld\n"
     assert store.read_log(competition, "t1", 1, "stdout", offset=6) == b"world\n"
     assert store.read_log(competition, "t1", 1, "stdout", offset=12) == b""
     assert store.read_log(competition, "t1", 1, "stderr") == b""  # not created yet
     with pytest.raises(HttpResponseError) as denied:
-        st.blob_from_url(urls.stdout_url).download_blob().readall()
+        blobs.client(urls.stdout_url).download_blob().readall()
     assert _status(denied) == 403
     # The same signature on another task's blob is refused.
     other = urls.stdout_url.replace("/tasks/t1/1/", "/tasks/t2/1/")
-    with pytest.raises(HttpResponseError) as denied:
-        st.create_append_url(other)
+    with pytest.raises(InfrastructureError) as denied:
+        blobs.AppendBlob(other).create()
     assert _status(denied) == 403
 
 
 def test_control_sas_is_read_only_and_reports_cancellation(store, competition):
     store.ensure_competition(competition)
     urls = store.task_urls(competition, "t1", 2, time_limit_s=60)
-    assert st.read_control_url(urls.control_url) is None
+    assert blobs.read_control(urls.control_url) is None
     store.cancel(competition, "t1", 2, reason="user asked")
-    signal = st.read_control_url(urls.control_url)
+    signal = blobs.read_control(urls.control_url)
     assert signal is not None and signal.action == "cancel" and signal.reason == "user asked"
     with pytest.raises(HttpResponseError) as denied:
-        st.upload_url(urls.control_url, b"{}")
+        blobs.client(urls.control_url).upload_blob(b"{}", overwrite=True)
     assert _status(denied) == 403
     # Attempt 1's control blob is untouched by attempt 2's cancellation.
-    assert st.read_control_url(store.task_urls(competition, "t1", 1, 60).control_url) is None
+    assert blobs.read_control(store.task_urls(competition, "t1", 1, 60).control_url) is None
 
 
-def test_output_sas_can_write_but_not_read(store, competition):
+def test_output_sas_can_write_but_not_read(store, competition, tmp_path):
     store.ensure_competition(competition)
     urls = store.task_urls(competition, "t9", 1, time_limit_s=60)
-    st.upload_url(urls.output_url, b"archive-bytes")
+    archive = tmp_path / "output.tar.gz"
+    archive.write_bytes(b"archive-bytes")
+    blobs.upload_file(urls.output_url, archive)
     assert store.read_output(competition, "t9", 1) == b"archive-bytes"
     assert store.read_output(competition, "t9", 2) is None
     with pytest.raises(HttpResponseError) as denied:
-        st.blob_from_url(urls.output_url).download_blob().readall()
+        blobs.client(urls.output_url).download_blob().readall()
     assert _status(denied) == 403
 
 
@@ -87,8 +97,8 @@ def test_expired_sas_is_refused(azurite, competition):
     store = st.Storage.from_connection_string(azurite.connection_string, sas_margin_s=-3600)
     store.ensure_competition(competition)
     urls = store.task_urls(competition, "t1", 1, time_limit_s=60)
-    with pytest.raises(HttpResponseError) as denied:
-        st.create_append_url(urls.stdout_url)
+    with pytest.raises(InfrastructureError) as denied:
+        blobs.AppendBlob(urls.stdout_url).create()
     assert _status(denied) == 403
 
 
@@ -102,12 +112,12 @@ def test_bundle_directory_is_content_addressed_and_read_only(store, competition,
     assert first == second and first.blob_name == f"sha256/{first.sha256}.tar.gz"
     bundle = store.bundle_for_task(first, "program", time_limit_s=60)
     assert bundle.kind == "archive" and bundle.sha256 == first.sha256 and bundle.size == first.size
-    data = st.blob_from_url(bundle.url).download_blob().readall()
+    data = blobs.client(bundle.url).download_blob().readall()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert sorted(tar.getnames()) == ["main.py", "sub", "sub/data.txt"]
         assert tar.extractfile("main.py").read() == b"print('hi')\n"
     with pytest.raises(HttpResponseError) as denied:
-        st.upload_url(bundle.url, b"tampered")
+        blobs.client(bundle.url).upload_blob(b"tampered", overwrite=True)
     assert _status(denied) == 403
 
 
