@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from worker import config
 from worker.config import ConfigError, check_competition_name, parse_agent_config
 
 CONFIG_NAMESPACE = "pool"
@@ -56,16 +57,9 @@ def _between(value: timedelta, low: timedelta, high: timedelta, what: str) -> ti
 
 # --- Service Bus ------------------------------------------------------------------------------------
 
-class QueueProperties(_Strict):
-    """One queue's properties: names and defaults identical to the local endpoint's queue config."""
-
-    lock_duration: timedelta = timedelta(minutes=1)
-    max_delivery_count: int = Field(default=10, ge=1, le=2000)
-    default_message_ttl: timedelta = timedelta(days=14)
-    dead_lettering_on_message_expiration: bool = False
-    requires_duplicate_detection: bool = False
-    duplicate_detection_history_time_window: timedelta = timedelta(minutes=10)
-    max_message_size_kb: int = Field(default=256, ge=1, le=100 * 1024)
+class QueueProperties(config.QueueProperties):
+    """One queue's properties (the fields and defaults are the local endpoint's, from worker.config)
+    within Azure's bounds."""
 
     @field_validator("lock_duration")
     @classmethod

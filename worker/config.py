@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,22 @@ def parse_size(value: int | str | None) -> int | None:
         raise ValueError(f"not a size: {value!r} (use e.g. 512MiB, 10GiB or a number of bytes)")
     number, unit = match.groups()
     return int(float(number) * _UNITS[(unit or "").lower()])
+
+
+class QueueProperties(_Strict):
+    """A queue's properties, named as Azure names them (snake_case), with Azure's defaults.
+
+    One definition for both places that describe queues: the local endpoint's config
+    (``worker.emulator.config.QueueConfig``) and the Pulumi stack config
+    (``infra.settings.QueueProperties``); each adds the bounds of its own side."""
+
+    lock_duration: timedelta = timedelta(minutes=1)
+    max_delivery_count: int = Field(default=10, ge=1, le=2000)
+    default_message_ttl: timedelta = timedelta(days=14)
+    dead_lettering_on_message_expiration: bool = False
+    requires_duplicate_detection: bool = False
+    duplicate_detection_history_time_window: timedelta = timedelta(minutes=10)
+    max_message_size_kb: int = Field(default=256, ge=1, le=100 * 1024)
 
 
 class AuthMode(StrEnum):

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from worker.config import QueueProperties
+
 # Azure's rules: queue names 1-260 chars of letters, digits, periods, hyphens, underscores and slashes;
 # the emulator forbids '/' and '$' to keep sub-queue paths ($deadletterqueue, $management) unambiguous.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$")
@@ -58,15 +60,11 @@ class PolicyConfig(_Strict):
         return right in self.rights or Right.MANAGE in self.rights
 
 
-class QueueConfig(_Strict):
+class QueueConfig(QueueProperties):
+    """A queue of the local endpoint: Azure's queue properties (shared with the Pulumi stack config)
+    plus its name and queue-level policies."""
+
     name: str
-    lock_duration: timedelta = timedelta(minutes=1)
-    max_delivery_count: int = Field(default=10, ge=1, le=2000)
-    default_message_ttl: timedelta = timedelta(days=14)
-    dead_lettering_on_message_expiration: bool = False
-    requires_duplicate_detection: bool = False
-    duplicate_detection_history_time_window: timedelta = timedelta(minutes=10)
-    max_message_size_kb: int = Field(default=256, ge=1, le=100 * 1024)
     policies: list[PolicyConfig] = Field(default_factory=list)
 
     @field_validator("name")
