@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
 
-from worker import protocol, storage
+from worker import protocol
+from worker.agent import blobs  # the worker's side of the SAS URLs
 from worker.config import competition_queues
 from worker.emulator.launcher import generate_key
 from worker.site.db import transaction
@@ -106,11 +107,12 @@ def test_submit_sends_a_small_task_with_least_rights_urls(env, tmp_path):
     assert len(b"".join(message.body)) < 8 * 1024
     assert (task.competition, task.reply_to, task.time_limit_s) == (env.competition, env.response_queue, 30)
     assert task.program is not None and task.program.sha256
-    storage.create_append_url(task.stdout_url)
-    storage.append_url(task.stdout_url, b"line\n")
+    log = blobs.AppendBlob(task.stdout_url)
+    log.create()
+    log.append(b"line\n")
     assert env.site.storage.read_log(env.competition, task.task_id, 1, "stdout") == b"line\n"
-    assert storage.read_control_url(task.control_url) is None
-    assert storage.blob_from_url(task.program.url).download_blob().readall()
+    assert blobs.read_control(task.control_url) is None
+    assert blobs.client(task.program.url).download_blob().readall()
     receiver.complete_message(message)
     receiver.close()
     assert row(env, submitted.id).sent_at is not None
@@ -177,7 +179,7 @@ def test_monitor_resubmits_a_lost_task_and_stops_the_old_attempt(env):
     assert second.stdout_url != task.stdout_url and f"/tasks/{submitted.id}/2/" in second.stdout_url
     receiver2.complete_message(message2)
     receiver2.close()
-    assert storage.read_control_url(task.control_url).reason == "lost: superseded by the site"
+    assert blobs.read_control(task.control_url).reason == "lost: superseded by the site"
     # Lost again on the last attempt: failed, not resubmitted.
     with transaction(env.site.sessions) as s:
         from worker.site.watcher import apply_status
@@ -209,7 +211,7 @@ def test_cancel_queued_task_is_immediate_and_signals_workers(env):
     task = row(env, submitted.id)
     assert (task.state, task.reason) == ("cancelled", "changed my mind")
     queued, message, receiver = env.take_task()
-    assert json.loads(storage.blob_from_url(queued.control_url).download_blob().readall())["action"] == "cancel"
+    assert json.loads(blobs.client(queued.control_url).download_blob().readall())["action"] == "cancel"
     receiver.complete_message(message)
     receiver.close()
 
