@@ -149,6 +149,9 @@ class Status(_Model):
     exit_code: int | None = None
     kill_reason: KillReason | None = None
     reason: str | None = None  # human-readable failure reason
+    # With a final FAILED: an infrastructure failure the worker could still report (storage_error,
+    # bundle_download, agent_error); the site retries those. None: the program's own outcome.
+    failure: Annotated[str, Field(pattern=r"^[a-z][a-z_]{0,31}$")] | None = None
     output_bytes: int | None = None
     timestamp: datetime = Field(default_factory=utcnow)
 

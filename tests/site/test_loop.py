@@ -159,10 +159,21 @@ def test_monitor_fails_dead_lettered_tasks_with_the_reason(env):
     task = row(env, submitted.id)
     assert task.state == "failed"
     assert task.reason == "dead-lettered: UnsupportedSchemaVersion: schema_version 9"
+    assert (task.failure_class, task.failure_code) == ("infrastructure", "invalid_message")  # not retried
 
 
-def test_monitor_resubmits_a_lost_task_and_stops_the_old_attempt(env):
-    submitted = env.site.producer.submit(Submission(pool=env.competition, command=["true"], max_attempts=2))
+def _set_pool(env: Env, **columns) -> None:
+    from worker.site.models import Pool
+
+    with transaction(env.site.sessions) as s:
+        pool = s.get(Pool, env.competition)
+        for key, value in columns.items():
+            setattr(pool, key, value)
+
+
+def test_monitor_retries_a_lost_task_after_a_back_off_and_stops_the_old_attempt(env):
+    _set_pool(env, retry_budget=1, retry_backoff_s=1.5)
+    submitted = env.site.producer.submit(Submission(pool=env.competition, command=["true"]))
     task, message, receiver = env.take_task()
     receiver.complete_message(message)  # a worker took it for good, then went silent
     receiver.close()
@@ -174,13 +185,21 @@ def test_monitor_resubmits_a_lost_task_and_stops_the_old_attempt(env):
     monitor = _monitor(env)
     assert monitor.handle_lost(utcnow() + timedelta(seconds=10)) == []  # not silent long enough
     assert monitor.handle_lost(utcnow() + timedelta(seconds=31)) == [submitted.id]
+    retry = row(env, submitted.id)
+    assert (retry.state, retry.attempt, retry.infra_retries) == ("queued", 2, 1)
+    assert retry.sent_at is not None and retry.not_before > utcnow()  # sent as a scheduled message
+    # Nothing to take before the back-off has passed: the broker holds the scheduled message.
+    early = env.worker.get_queue_receiver(env.task_queue, prefetch_count=0)
+    assert early.receive_messages(max_message_count=1, max_wait_time=0.5) == []
+    early.close()
     second, message2, receiver2 = env.take_task()
+    assert utcnow() >= retry.not_before - timedelta(seconds=0.2)
     assert (second.task_id, second.attempt, message2.message_id) == (submitted.id, 2, f"{submitted.id}:2")
     assert second.stdout_url != task.stdout_url and f"/tasks/{submitted.id}/2/" in second.stdout_url
     receiver2.complete_message(message2)
     receiver2.close()
     assert blobs.read_control(task.control_url).reason == "lost: superseded by the site"
-    # Lost again on the last attempt: failed, not resubmitted.
+    # Lost again with the budget used up: failed, attributed to the infrastructure, not resubmitted.
     with transaction(env.site.sessions) as s:
         from worker.site.watcher import apply_status
 
@@ -188,7 +207,9 @@ def test_monitor_resubmits_a_lost_task_and_stops_the_old_attempt(env):
                                         worker_id="w2"))
     assert monitor.handle_lost(utcnow() + timedelta(seconds=31)) == [submitted.id]
     final = row(env, submitted.id)
-    assert final.state == "failed" and "attempt 2 of 2" in final.reason
+    assert final.state == "failed" and "1 of 1 infrastructure retries used" in final.reason
+    assert (final.failure_class, final.failure_code) == ("infrastructure", "worker_lost")
+    assert final.attempt - final.infra_retries == 1  # never counted as a participant attempt
     assert [e[1] for e in events(env, submitted.id)] == ["queued", "running", "lost", "queued", "running", "lost",
                                                          "failed"]
 

@@ -46,9 +46,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class SiteState(StrEnum):
-    """A task's state on the site: QUEUED (row written, message sent or about to be) then the
-    worker-reported protocol states."""
+    """A task's state on the site: WAITING (held back by the pool's admission limits), QUEUED (row
+    written, message sent or about to be) then the worker-reported protocol states."""
 
+    WAITING = "waiting"
     QUEUED = "queued"
     RECEIVED = TaskState.RECEIVED.value
     PREPARING = TaskState.PREPARING.value
@@ -70,6 +71,7 @@ class SiteState(StrEnum):
 
 TERMINAL = frozenset(s.value for s in TaskState if s.terminal)
 ACTIVE = frozenset({"received", "preparing", "running", "uploading"})
+IN_FLIGHT = ACTIVE | {"queued"}  # what the admission limits count: sent (or about to be) and not final
 
 
 class Base(DeclarativeBase):
@@ -94,6 +96,15 @@ class Pool(Base):
     queue_depth: Mapped[int | None] = mapped_column(Integer)
     dead_letters: Mapped[int | None] = mapped_column(Integer)
     depth_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Admission limits (None: unlimited; see worker.site.admission) and the infrastructure retry budget
+    # (see worker.site.failures).
+    max_in_flight: Mapped[int | None] = mapped_column(Integer)
+    max_in_flight_per_label: Mapped[int | None] = mapped_column(Integer)
+    retry_budget: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    retry_backoff_s: Mapped[float] = mapped_column(Float, default=5.0, server_default="5")
+    retry_backoff_max_s: Mapped[float] = mapped_column(Float, default=300.0, server_default="300")
+    # Reports refused because they came through this pool's response queue for another pool's task or worker.
+    wrong_pool_reports: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Task(Base):
@@ -107,7 +118,7 @@ class Task(Base):
     bundles: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # StoredBundle + name
     time_limit_s: Mapped[float] = mapped_column(Float)
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=10)  # a ceiling; see worker.site.failures
 
     state: Mapped[str] = mapped_column(String(16), default=SiteState.QUEUED.value, index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
@@ -121,6 +132,14 @@ class Task(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     output_bytes: Mapped[int | None] = mapped_column(Integer)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Fair admission: who it is for (a participant) and its priority (higher first, then FIFO).
+    label: Mapped[str | None] = mapped_column(String(128))
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Failure attribution of the final state (worker.site.failures) and infrastructure retries used.
+    failure_class: Mapped[str | None] = mapped_column(String(16))
+    failure_code: Mapped[str | None] = mapped_column(String(32))
+    infra_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)  # a retry's scheduled enqueue time
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: message not sent yet
@@ -132,7 +151,8 @@ class Task(Base):
                                                    cascade="all, delete-orphan")
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy reads it as is
-    __table_args__ = (Index("ix_tasks_state_heard", "state", "last_heard_at"),)
+    __table_args__ = (Index("ix_tasks_state_heard", "state", "last_heard_at"),
+                      Index("ix_tasks_pool_state", "pool", "state"))
 
     @property
     def site_state(self) -> SiteState:

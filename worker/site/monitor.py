@@ -2,9 +2,11 @@
 
 - tasks recorded but never sent (the send failed) are sent again;
 - tasks whose worker went silent (no status for ``lost_after_s``) are marked lost: the old attempt is
-  told to stop (control blob) and a new attempt is queued, or the task fails after ``max_attempts``;
-- tasks dead-lettered by Service Bus or by a worker (malformed, max deliveries) become failed with the
-  dead-letter reason;
+  told to stop (control blob) and — an infrastructure failure (``worker_lost``) — a new attempt is
+  scheduled after a back-off within the pool's retry budget, or the task fails (worker.site.failures);
+- tasks dead-lettered by Service Bus or by a worker (malformed, max deliveries) are attributed the
+  same way: retried within the budget, else failed with the dead-letter reason;
+- waiting tasks are admitted under their pool's limits (worker.site.admission);
 - each pool's queue depth and dead-letter count are refreshed (when a depth probe is given).
 
 ``lost_after_s`` must exceed the queue's lock duration: a worker that dies mid-task loses its lock and
@@ -19,10 +21,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from azure.servicebus import ServiceBusReceiveMode, ServiceBusReceiver, ServiceBusSubQueue
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.protocol import ProtocolError, decode_task
+from worker.site import admission, failures
 from worker.site.db import retrying
 from worker.site.models import ACTIVE, Pool, SiteState, TaskEvent, utcnow
 from worker.site.models import Task as TaskRow
@@ -91,6 +94,8 @@ class Monitor:
         with self.sessions() as session:
             pools = list_pools(session)
         for pool in pools:
+            if admission.limited(pool):
+                admission.admit_and_send(self.sessions, pool.name, self._send_quietly)
             depth = self.refresh_depth(pool)
             # Without a probe, or when it sees dead letters, look into the dead-letter sub-queue.
             if depth is None or depth[1] > 0:
@@ -100,12 +105,21 @@ class Monitor:
                     log.warning("dead letters of %s: %s", pool.task_queue, exc)
                     self._close_dlq(pool.name)
 
+    def _send_quietly(self, task_id: str) -> None:
+        try:
+            self.producer.send(task_id)
+        except SubmitError as exc:
+            log.warning("%s", exc)
+
     # --- steps ------------------------------------------------------------------------------------
     def resend_unsent(self, now: datetime | None = None) -> int:
+        """Queued tasks not sent ``resend_after_s`` after they became due (submitted, admitted, or a
+        retry's scheduled time) — their first send failed, or the process died before it."""
         cutoff = (now or utcnow()) - timedelta(seconds=self.resend_after_s)
+        due = func.coalesce(TaskRow.not_before, TaskRow.created_at)
         with self.sessions() as session:
             ids = list(session.scalars(select(TaskRow.id).where(
-                TaskRow.state == SiteState.QUEUED.value, TaskRow.sent_at.is_(None), TaskRow.created_at < cutoff)))
+                TaskRow.state == SiteState.QUEUED.value, TaskRow.sent_at.is_(None), due < cutoff)))
         sent = 0
         for task_id in ids:
             try:
@@ -149,23 +163,8 @@ class Monitor:
         old_attempt = row.attempt
         session.add(TaskEvent(task_id=row.id, attempt=old_attempt, seq=-1, state="lost", source="site",
                               worker_id=row.worker_id, reason=reason, reported_at=now, recorded_at=now))
-        if row.attempt < row.max_attempts and row.cancel_requested_at is None:
-            row.attempt += 1
-            row.state = SiteState.QUEUED.value
-            row.sent_at = None
-            row.last_seq = -1
-            row.delivery_started_at = row.last_status_at = None
-            row.worker_id = None
-            session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=SiteState.QUEUED.value,
-                                  source="site", reason=f"resubmitted after {reason}", reported_at=now,
-                                  recorded_at=now))
-            return row.pool, old_attempt, True
-        row.state = SiteState.FAILED.value
-        row.reason = f"{reason} (attempt {row.attempt} of {row.max_attempts})"
-        row.finished_at = now
-        session.add(TaskEvent(task_id=row.id, attempt=old_attempt, seq=-1, state=row.state, source="site",
-                              reason=row.reason, reported_at=now, recorded_at=now))
-        return row.pool, old_attempt, False
+        requeued = failures.infrastructure_failure(session, row, failures.Code.WORKER_LOST, reason, now)
+        return row.pool, old_attempt, requeued
 
     def drain_dead_letters(self, pool: Pool, max_messages: int = 50) -> int:
         """Dead-lettered task messages -> failed tasks with the dead-letter reason."""
@@ -184,7 +183,9 @@ class Monitor:
             if message.dead_letter_error_description:
                 reason += f": {message.dead_letter_error_description}"
             if task_id is not None:
-                retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason: _fail_dead_lettered(s, t, a, r))
+                if retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason, d=message.dead_letter_reason:
+                            _fail_dead_lettered(s, t, a, r, d)):
+                    self._send_quietly(task_id)
             else:
                 log.warning("dead-lettered message %s on %s names no task (%s); dropped",
                             message.message_id, pool.task_queue, reason)
@@ -226,13 +227,14 @@ def _task_ref(message_id: str | None, body: bytes) -> tuple[str | None, int | No
         return (message_id or None), None
 
 
-def _fail_dead_lettered(session: Session, task_id: str, attempt: int | None, reason: str) -> None:
+def _fail_dead_lettered(session: Session, task_id: str, attempt: int | None, reason: str,
+                        dead_letter_reason: str | None = None) -> bool:
+    """An infrastructure failure (Service Bus or the workers gave up on the message): retried within
+    the budget (True: send it), else failed with the dead-letter reason."""
     row = session.get(TaskRow, task_id, with_for_update=True)
     if row is None or row.site_state.terminal or (attempt is not None and attempt != row.attempt):
-        return
-    now = utcnow()
-    row.state = SiteState.FAILED.value
-    row.reason = reason
-    row.finished_at = now
-    session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state, source="site",
-                          reason=reason, reported_at=now, recorded_at=now))
+        return False
+    if row.state == SiteState.WAITING.value:
+        return False
+    code = failures.classify_dead_letter(dead_letter_reason)
+    return failures.infrastructure_failure(session, row, code, reason, utcnow())

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
+from worker.site import admission
 from worker.site.db import retrying, transaction
 from worker.site.models import Pool, SiteState, TaskEvent, utcnow
 from worker.site.models import Task as TaskRow
@@ -48,8 +49,10 @@ class Submission:
     env: dict[str, str] = field(default_factory=dict)
     task_type: protocol.TaskType = protocol.TaskType.EVALUATE_SUBMISSION
     resources: protocol.Resources = field(default_factory=protocol.Resources)
-    max_attempts: int = 3
+    max_attempts: int = 10  # a ceiling; the pool's retry_budget normally decides (worker.site.failures)
     task_id: str | None = None
+    label: str | None = None  # the participant it is for (admission: max_in_flight_per_label)
+    priority: int = 0  # higher is admitted first (e.g. organizer baselines 10)
 
 
 class Producer:
@@ -61,9 +64,12 @@ class Producer:
     def submit(self, submission: Submission) -> TaskRow:
         if not submission.command:
             raise SubmitError("a task needs a command")
+        if submission.label is not None and not 0 < len(submission.label) <= 128:
+            raise SubmitError("invalid task: label: 1 to 128 characters")
         with transaction(self.sessions) as session:
             pool = get_pool(session, submission.pool)  # clear error before uploading anything
             response_queue = pool.response_queue
+            waits = admission.limited(pool)
         _check_wire_form(submission, response_queue)
         bundles = []
         if submission.program is not None:
@@ -74,12 +80,17 @@ class Producer:
             id=submission.task_id or new_task_id(), pool=submission.pool, task_type=submission.task_type.value,
             command=list(submission.command), env=dict(submission.env), bundles=bundles,
             time_limit_s=submission.time_limit_s, resources=submission.resources.model_dump(mode="json"),
-            max_attempts=submission.max_attempts, state=SiteState.QUEUED.value, attempt=1,
+            max_attempts=submission.max_attempts, attempt=1, label=submission.label, priority=submission.priority,
+            state=(SiteState.WAITING if waits else SiteState.QUEUED).value,
         )
         with transaction(self.sessions) as session:
             session.add(row)
-            session.add(TaskEvent(task_id=row.id, attempt=1, seq=-1, state=SiteState.QUEUED.value,
+            session.add(TaskEvent(task_id=row.id, attempt=1, seq=-1, state=row.state,
                                   source="site", reason="submitted", reported_at=utcnow()))
+        if waits:  # under the pool's limits: it goes when (and if) admission lets it in
+            admission.admit_and_send(self.sessions, row.pool, self.send)
+            with self.sessions() as session:
+                return session.get(TaskRow, row.id) or row
         self._send(row, pool)  # the row and pool in hand: no second read before the send
         return row
 
@@ -120,8 +131,10 @@ class Producer:
         self.storage.ensure_competition(row.pool)
         message = self.build_message(row, pool)
         connection_string, queue = pool.task_queue_connection_string, pool.task_queue
+        now = utcnow()
+        scheduled = row.not_before if row.not_before is not None and row.not_before > now else None
         try:
-            self.queues.send_task(connection_string, queue, message)
+            self.queues.send_task(connection_string, queue, message, scheduled_at=scheduled)
         except Exception as exc:
             log.warning("sending task %s failed (the monitor will resend it): %s", task_id, exc)
             raise SubmitError(f"task {task_id} is recorded but could not be sent yet: {exc}") from exc
@@ -143,8 +156,9 @@ class Producer:
             if row.site_state.terminal:
                 return row
             row.cancel_requested_at = row.cancel_requested_at or utcnow()
-            if row.state == SiteState.QUEUED.value:
+            if row.state in (SiteState.QUEUED.value, SiteState.WAITING.value):
                 row.state = SiteState.CANCELLED.value
+                row.failure_class, row.failure_code = "none", "cancelled"
                 row.finished_at = utcnow()
                 row.reason = reason
                 session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state,

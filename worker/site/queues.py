@@ -4,6 +4,7 @@ attach costs ~0.5 s), all safe to share between threads."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
@@ -28,9 +29,12 @@ class SiteQueues:
                 self._clients[cs] = ServiceBusClient.from_connection_string(cs)
             return self._clients[cs]
 
-    def send_task(self, connection_string: str | None, queue: str, task: Task) -> None:
+    def send_task(self, connection_string: str | None, queue: str, task: Task,
+                  scheduled_at: datetime | None = None) -> None:
+        """``scheduled_at``: enqueue it then (a Service Bus scheduled message: an infrastructure retry's
+        back-off), not now."""
         message = ServiceBusMessage(encode(task), message_id=task.message_id, content_type=CONTENT_TYPE,
-                                    subject=task.task_type.value)
+                                    subject=task.task_type.value, scheduled_enqueue_time_utc=scheduled_at)
         key = (connection_string or "", queue)
         with self._lock:
             lock = self._send_locks.setdefault(key, threading.Lock())

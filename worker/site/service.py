@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.site import admission
 from worker.site.db import make_engine, make_sessionmaker, migrate
 from worker.site.monitor import DepthProbe, Monitor
-from worker.site.producer import Producer
+from worker.site.producer import Producer, SubmitError
 from worker.site.queues import SiteQueues
 from worker.site.watcher import Watcher
 from worker.storage import DEFAULT_SAS_MARGIN_S, Storage
+
+log = logging.getLogger(__name__)
 
 
 class SiteSettings(BaseModel):
@@ -49,7 +53,7 @@ class Site:
     def start_background(self, depth_probe: DepthProbe | None = None, pool_sync_s: float = 1.0) -> None:
         """Start the watcher (one receiver per pool, new pools picked up within ``pool_sync_s``)
         and the monitor."""
-        self.watcher = Watcher(self.sessions, self.queues)
+        self.watcher = Watcher(self.sessions, self.queues, after_commit=self.after_final)
         self.monitor = Monitor(self.sessions, self.producer, self.queues, lost_after_s=self.settings.lost_after_s,
                                resend_after_s=self.settings.resend_after_s,
                                interval_s=self.settings.monitor_interval_s, depth_probe=depth_probe)
@@ -65,6 +69,17 @@ class Site:
 
         self._sync_thread = threading.Thread(target=sync, name="pool-sync", daemon=True)
         self._sync_thread.start()
+
+    def after_final(self, pools: set[str], retried: list[str]) -> None:
+        """After the watcher committed final states: send the infrastructure retries it queued (as
+        scheduled messages) and let waiting tasks into the pools whose slots were freed."""
+        for task_id in retried:
+            try:
+                self.producer.send(task_id)
+            except SubmitError as exc:
+                log.warning("%s", exc)
+        for pool in pools:
+            admission.admit_and_send(self.sessions, pool, self.producer.send)
 
     def close(self) -> None:
         self._stop.set()

@@ -11,12 +11,22 @@ Presence reports (message subject ``presence``, see :func:`apply_presence`) upse
 of the pool whose response queue they came through; one older than the newest report already applied
 for that worker (a duplicate, or one overtaken by a later status) changes nothing. A message with
 another subject is dead-lettered (``UnknownMessageKind``); one without a subject is a status.
+
+Tenant isolation: a report is applied only when its task (and its worker, if known and live) belongs to
+the pool whose response queue delivered it; anything else is dead-lettered with reason ``WrongPool``
+and counted on that pool (``pools.wrong_pool_reports``). Within a pool, a non-``received`` status from
+another worker than the one holding the current delivery is dead-lettered (``WrongWorker``).
+
+A final status is attributed (``worker.site.failures``); an infrastructure failure the worker reported
+is retried as a new attempt within the pool's budget. After the commit, the ``after_commit`` hook sends
+the retries and lets waiting tasks into the pools whose slots were freed (``worker.site.admission``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,9 +35,11 @@ from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, S
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
+from worker.site import failures
 from worker.site.db import retrying
+from worker.site.models import Pool, TaskEvent, Worker, utcnow
 from worker.site.models import Task as TaskRow
-from worker.site.models import TaskEvent, Worker, utcnow
+from worker.site.queries import is_live
 from worker.site.queues import SiteQueues
 
 log = logging.getLogger(__name__)
@@ -41,15 +53,35 @@ class Outcome(StrEnum):
     TERMINAL = "terminal"  # the task already reached a final state
     UNKNOWN_TASK = "unknown_task"
     PRESENCE = "presence"  # a worker's presence report applied
+    RETRIED = "retried"  # a final infrastructure failure applied; the next attempt is queued
+    WRONG_POOL = "wrong_pool"  # the task or worker belongs to another pool than the delivering queue's
+    WRONG_WORKER = "wrong_worker"  # another worker than the current delivery's claims the task
 
 
 UNKNOWN_KIND = "UnknownMessageKind"
+WRONG_POOL = "WrongPool"
+WRONG_WORKER = "WrongWorker"
+REFUSED = {Outcome.UNKNOWN_TASK: "UnknownTask", Outcome.WRONG_POOL: WRONG_POOL, Outcome.WRONG_WORKER: WRONG_WORKER}
+
+
+def _wrong_pool(session: Session, pool: str) -> Outcome:
+    row = session.get(Pool, pool, with_for_update=True)
+    if row is not None:
+        row.wrong_pool_reports = (row.wrong_pool_reports or 0) + 1
+    return Outcome.WRONG_POOL
+
+
+def _claimed_elsewhere(session: Session, worker_id: str, pool: str, now: datetime) -> bool:
+    """The worker is known, live and belongs to another pool (a stopped or silent one may move)."""
+    worker = session.get(Worker, worker_id)
+    return worker is not None and worker.pool != pool and is_live(worker, now)
 
 
 def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
-                 locked: dict[str, TaskRow | None] | None = None) -> Outcome:
+                 locked: dict[str, TaskRow | None] | None = None, pool: str | None = None) -> Outcome:
     """``locked``: rows this transaction already holds (SELECT ... FOR UPDATE), by task id — a batch
-    with several statuses of one task reads and locks its row once, and writes it once at commit."""
+    with several statuses of one task reads and locks its row once, and writes it once at commit.
+    ``pool``: whose response queue delivered it (None: trusted caller, no isolation check)."""
     now = now or utcnow()
     if locked is not None and status.task_id in locked:
         row = locked[status.task_id]
@@ -59,6 +91,8 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
             locked[status.task_id] = row
     if row is None:
         return Outcome.UNKNOWN_TASK
+    if pool is not None and (row.pool != pool or _claimed_elsewhere(session, status.worker_id, pool, now)):
+        return _wrong_pool(session, pool)
     if status.attempt != row.attempt:
         return Outcome.STALE_ATTEMPT
     if row.site_state.terminal:
@@ -70,6 +104,9 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
     )
     if not (newer or redelivery):
         return Outcome.DUPLICATE
+    starts_delivery = status.state is protocol.TaskState.RECEIVED and not status.heartbeat
+    if row.worker_id is not None and status.worker_id != row.worker_id and not starts_delivery:
+        return Outcome.WRONG_WORKER
     if status.state is protocol.TaskState.RECEIVED and not status.heartbeat:
         row.delivery_started_at = status.timestamp
     row.last_seq = status.seq
@@ -95,6 +132,12 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
     session.add(TaskEvent(task_id=row.id, attempt=status.attempt, seq=status.seq, state=status.state.value,
                           source="worker", worker_id=status.worker_id, reason=status.reason,
                           reported_at=status.timestamp, recorded_at=now))
+    if status.state.terminal:
+        code = failures.classify_status(status)
+        failures.record_final_code(row, code)
+        if failures.class_of(code) is failures.FailureClass.INFRASTRUCTURE and failures.infrastructure_failure(
+                session, row, code, status.reason or code.value, now, final_event=False):
+            return Outcome.RETRIED
     return Outcome.APPLIED
 
 
@@ -119,6 +162,8 @@ def apply_presence(session: Session, presence: protocol.Presence, pool: str | No
     """Upsert the worker's row from a presence report received through ``pool``'s response queue."""
     now = now or utcnow()
     worker = session.get(Worker, presence.worker_id, with_for_update=True)
+    if worker is not None and pool is not None and worker.pool != pool and is_live(worker, now):
+        return _wrong_pool(session, pool)
     if worker is None:
         if pool is None:
             return Outcome.DUPLICATE  # nothing to attach it to (only when called without a pool)
@@ -163,12 +208,16 @@ def _batch_rest(message: ServiceBusReceivedMessage) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
+AfterCommit = Callable[[set[str], list[str]], None]
+
+
 @dataclass
 class WatcherStats:
     received: int = 0
     applied: int = 0
     ignored: int = 0
     dead_lettered: int = 0
+    wrong_pool: int = 0  # of the dead-lettered: reports refused by tenant isolation
 
 
 class Watcher:
@@ -176,7 +225,10 @@ class Watcher:
     up by :meth:`sync_pools`)."""
 
     def __init__(self, sessions: sessionmaker[Session], queues: SiteQueues, batch: int = 100,
-                 wait_s: float = 1.0) -> None:
+                 wait_s: float = 1.0, after_commit: AfterCommit | None = None) -> None:
+        """``after_commit(pools, retried)``: called after a batch committed with the pools in which a
+        task reached a final state (slots freed) and the tasks whose retry was queued."""
+        self.after_commit = after_commit
         self.sessions = sessions
         self.queues = queues
         self.batch = batch
@@ -251,22 +303,45 @@ class Watcher:
         def work(session: Session) -> list[Outcome]:
             locked: dict[str, TaskRow | None] = {}
             return [apply_presence(session, report, pool) if isinstance(report, protocol.Presence)
-                    else apply_status(session, report, locked=locked) for _, report in statuses]
+                    else apply_status(session, report, locked=locked, pool=pool) for _, report in statuses]
 
         outcomes = retrying(self.sessions, work) if statuses else []
+        # Committed: only now may a message be settled (a crash before this point redelivers it).
+        freed: set[str] = set()
+        retried: list[str] = []
         for (message, status), outcome in zip(statuses, outcomes, strict=True):
-            if outcome is Outcome.UNKNOWN_TASK:
-                assert isinstance(status, protocol.Status)
-                receiver.dead_letter_message(message, reason="UnknownTask",
-                                             error_description=f"no task {status.task_id!r} on this site")
-                self._count(dead_lettered=1)
+            if outcome in REFUSED:
+                description = _refusal(outcome, status, pool)
+                log.warning("dead-lettering %s %s: %s", REFUSED[outcome], message.message_id, description)
+                receiver.dead_letter_message(message, reason=REFUSED[outcome], error_description=description[:1024])
+                self._count(received=1, dead_lettered=1, wrong_pool=int(outcome is Outcome.WRONG_POOL))
                 continue
             receiver.complete_message(message)
-            applied = outcome in (Outcome.APPLIED, Outcome.HEARTBEAT, Outcome.PRESENCE)
+            applied = outcome in (Outcome.APPLIED, Outcome.HEARTBEAT, Outcome.PRESENCE, Outcome.RETRIED)
             self._count(received=1, applied=int(applied), ignored=int(not applied))
+            if isinstance(status, protocol.Status) and status.state.terminal and applied and pool is not None:
+                freed.add(pool)
+            if outcome is Outcome.RETRIED:
+                retried.append(status.task_id)  # type: ignore[union-attr]
+        if self.after_commit is not None and (freed or retried):
+            try:
+                self.after_commit(freed, retried)
+            except Exception as exc:  # noqa: BLE001 - the monitor sends what this could not
+                log.warning("after a committed batch: %s", exc)
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:
             for key, value in deltas.items():
                 setattr(self.stats, key, getattr(self.stats, key) + value)
 
+
+
+def _refusal(outcome: Outcome, report: protocol.Status | protocol.Presence, pool: str | None) -> str:
+    if isinstance(report, protocol.Presence):
+        return f"worker {report.worker_id!r} belongs to another pool than {pool!r}"
+    if outcome is Outcome.UNKNOWN_TASK:
+        return f"no task {report.task_id!r} on this site"
+    if outcome is Outcome.WRONG_WORKER:
+        return f"task {report.task_id!r} attempt {report.attempt} is held by another worker than {report.worker_id!r}"
+    return (f"task {report.task_id!r} (worker {report.worker_id!r}) does not belong to pool {pool!r}, "
+            f"whose response queue delivered the status")
