@@ -72,12 +72,16 @@ class InputCache:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as fh:
-                blobs.download(bundle.url, fh)
+                try:
+                    blobs.download(bundle.url, fh)
+                except InfrastructureError as exc:
+                    raise InfrastructureError(f"bundle {bundle.name}: {exc}", "bundle_download") from exc
             if bundle.sha256:
                 digest = _sha256(tmp)
                 if digest != bundle.sha256.lower():
                     raise InfrastructureError(
-                        f"bundle {bundle.name}: downloaded content has sha256 {digest}, expected {bundle.sha256}")
+                        f"bundle {bundle.name}: downloaded content has sha256 {digest}, expected {bundle.sha256}",
+                        "bundle_download")
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 
 class InfrastructureError(RuntimeError):
-    """Storage or Service Bus failed us (not the program): hand the message back (abandon) so
-    Service Bus retries it, and dead-letters it after the queue's max delivery count."""
+    """Storage or Service Bus failed us (not the program). While statuses can still be sent, the
+    agent reports a final ``failed`` status carrying ``code`` (``Status.failure``) and the site retries
+    the task after a back-off; when they cannot, the message is handed back (abandoned) so Service Bus
+    redelivers it, and dead-letters it after the queue's max delivery count."""
+
+    def __init__(self, message: str, code: str = "storage_error") -> None:
+        super().__init__(message)
+        self.code = code  # a worker.site.failures code: storage_error, bundle_download, servicebus_error
 
 
 class TaskRejected(RuntimeError):

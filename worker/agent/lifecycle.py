@@ -12,7 +12,9 @@ program exited non-zero / was killed   ... failed (exit code, kill reason)  comp
 wall-clock limit                       ... timed_out                       completed
 cancelled by the site                  ... cancelled                       completed
 unusable bundle, program won't start   ... failed (reason)                 completed
-storage / Service Bus failure          (no final status)                   abandoned -> retried
+storage failure, bundle download,      ... failed (``failure``: the code)      completed; the site
+  agent error (statuses still go out)                                      retries after a back-off
+Service Bus failure (no status goes)   (no final status)                   abandoned -> retried
 agent shutting down past its grace     (no final status)                   abandoned -> retried
 =====================================  ==================================  ==================
 """
@@ -104,11 +106,11 @@ class TaskRun:
         try:
             self.result = self._run()
         except InfrastructureError as exc:
-            log.warning("task %s: infrastructure error, handing it back: %s", self.task.task_id, exc)
-            self.result = RunResult(Outcome.ABANDON, reason=str(exc))
-        except Exception as exc:  # a bug must not lose the task: hand it back
-            log.exception("task %s: unexpected error, handing it back", self.task.task_id)
-            self.result = RunResult(Outcome.ABANDON, reason=f"agent error: {exc!r}")
+            log.warning("task %s: infrastructure error: %s", self.task.task_id, exc)
+            self.result = self._infrastructure_final(exc.code, str(exc))
+        except Exception as exc:  # a bug must not lose the task: report it, or hand it back
+            log.exception("task %s: unexpected error", self.task.task_id)
+            self.result = self._infrastructure_final("agent_error", f"agent error: {exc!r}")
         finally:
             try:  # every status of this run is out before its message is settled (a no-op after a final one)
                 self.reporter.flush(timeout=30)
@@ -119,6 +121,17 @@ class TaskRun:
             except OSError as exc:
                 log.warning("cannot remove %s: %s", self.workspace.root, exc)
         return self.result
+
+    def _infrastructure_final(self, code: str, reason: str) -> RunResult:
+        """Not the program's fault: say so in a final status (the site retries the task after a
+        back-off, as a new attempt); if no status can be sent, hand the message back instead."""
+        state = self.reporter.state
+        if self.reporter.error is None and state is not None and not state.terminal:
+            try:
+                return self._final(TaskState.FAILED, reason=reason, failure=code)
+            except InfrastructureError as exc:
+                log.warning("task %s: cannot report the failure (%s); handing it back", self.task.task_id, exc)
+        return RunResult(Outcome.ABANDON, reason=reason)
 
     def _final(self, state: TaskState, **fields: object) -> RunResult:
         self.reporter.finish(state, **fields)  # waits until it and every status before it were sent

@@ -122,7 +122,7 @@ class StatusSender:
 
     def _start(self) -> None:  # with self._cond held
         if self._closed:
-            raise InfrastructureError("the status sender is closed")
+            raise InfrastructureError("the status sender is closed", "servicebus_error")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="status-sender", daemon=True)
             self._thread.start()
@@ -255,13 +255,13 @@ class StatusSender:
                 sender.send_messages(messages if len(messages) > 1 else messages[0])
         except (ServiceBusError, OSError) as exc:
             self._drop(queue)
-            error = InfrastructureError(f"cannot send status to {queue}: {exc}")
+            error = InfrastructureError(f"cannot send status to {queue}: {exc}", "servicebus_error")
             for item in live:
                 self._failed(item, error)
         except Exception as exc:  # a bug must not kill the sender thread (nothing would be sent after it)
             log.exception("sending statuses failed")
             for item in live:
-                self._failed(item, InfrastructureError(f"cannot send status: {exc!r}"))
+                self._failed(item, InfrastructureError(f"cannot send status: {exc!r}", "servicebus_error"))
         finally:
             for item in batch:
                 item.done.set()
@@ -326,7 +326,7 @@ class TaskReporter:
         if last is not None and not last.done.is_set():
             self._sender.expedite()
         if last is not None and not last.done.wait(timeout):
-            self.failed(last.status, InfrastructureError(f"status not sent within {timeout:.0f} s"))
+            self.failed(last.status, InfrastructureError(f"status not sent within {timeout:.0f} s", "servicebus_error"))
         if self.error is not None:
             raise self.error
 
