@@ -170,6 +170,38 @@ def competition_create(
                f"containers {name}-bundles/-logs/-outputs")
 
 
+@competition_app.command("limits")
+def competition_limits(
+    name: str = typer.Argument(..., help="The pool (competition)."),
+    max_in_flight: int | None = typer.Option(None, "--max-in-flight", min=0,
+                                             help="Tasks sent and not final, all participants (0: no limit)."),
+    max_per_label: int | None = typer.Option(None, "--max-per-label", min=0,
+                                             help="The same per participant label (0: no limit)."),
+    retry_budget: int | None = typer.Option(None, "--retry-budget", min=0,
+                                            help="Infrastructure retries per task (0: never retry)."),
+    retry_backoff: float | None = typer.Option(None, "--retry-backoff", min=0.01,
+                                               help="First retry's delay in seconds (doubles each time)."),
+    retry_backoff_max: float | None = typer.Option(None, "--retry-backoff-max", min=0.01,
+                                                   help="Longest delay between retries, seconds."),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """Show or set a pool's admission limits and infrastructure retry budget (docs/site.md)."""
+    from worker.site.db import transaction
+    from worker.site.pools import UnknownPool, set_limits
+
+    given = {"max_in_flight": max_in_flight, "max_in_flight_per_label": max_per_label,
+             "retry_budget": retry_budget, "retry_backoff_s": retry_backoff, "retry_backoff_max_s": retry_backoff_max}
+    with _open_site(data_dir, require_running=False) as site, transaction(site.sessions) as session:
+        try:
+            pool = set_limits(session, name, **{k: v for k, v in given.items() if v is not None})
+        except (UnknownPool, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(f"{pool.name}: max_in_flight={pool.max_in_flight or 'unlimited'} "
+                   f"max_in_flight_per_label={pool.max_in_flight_per_label or 'unlimited'} "
+                   f"retry_budget={pool.retry_budget} retry_backoff_s={pool.retry_backoff_s:g} "
+                   f"retry_backoff_max_s={pool.retry_backoff_max_s:g}")
+
+
 # --- pool submit -------------------------------------------------------------------------------------
 def submit(
     command: list[str] | None = typer.Argument(None, help="The command to run (after `--`)."),
@@ -185,6 +217,9 @@ def submit(
     wait: bool = typer.Option(False, "--wait", "-w", help="Block until it ends; exit 0 only if it finished "
                                                           "successfully."),
     timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
+    label: str | None = typer.Option(None, "--label", help="The participant it is for (the pool's "
+                                                           "per-label admission limit applies)."),
+    priority: int = typer.Option(0, "--priority", help="Higher is admitted first (e.g. 10 for baselines)."),
     data_dir: Path = _data_dir_option(),
 ) -> None:
     """Submit a task to a pool: `pool submit --wait -- python3 -c 'print(42)'` or
@@ -212,7 +247,8 @@ def submit(
         try:
             task = site.producer.submit(Submission(pool=competition, command=argv, program=bundle,
                                                    inputs={k: Path(v) for k, v in input_map.items()},
-                                                   time_limit_s=time_limit, env=env_map))
+                                                   time_limit_s=time_limit, env=env_map, label=label,
+                                                   priority=priority))
         except (UnknownPool, SubmitError, FileNotFoundError, ValueError) as exc:
             raise _fail(str(exc)) from None
         typer.echo(f"submitted {task.id} to {competition}")
@@ -246,6 +282,8 @@ def _print_outcome(site, task) -> None:  # type: ignore[no-untyped-def]
     typer.echo(", ".join(parts))
     if task.reason:
         typer.echo(f"reason: {task.reason}")
+    if task.failure_class and task.failure_class != "none":
+        typer.echo(f"failure: {task.failure_class} ({task.failure_code})")
     typer.echo(f"logs: pool logs {task.id}   (blobs: {site.storage.log_url(task.pool, task.id, task.attempt, 'stdout')}"
                f", .../stderr.log)")
 

@@ -8,7 +8,7 @@ from rich.table import Table
 from worker.site.queries import duration_s, pool_summaries, recent_tasks, task_events
 from worker.site.service import Site
 
-STATE_STYLE = {"queued": "dim", "received": "cyan", "preparing": "cyan", "running": "yellow", "uploading": "cyan",
+STATE_STYLE = {"waiting": "dim", "queued": "dim", "received": "cyan", "preparing": "cyan", "running": "yellow", "uploading": "cyan",
                "finished": "green", "failed": "red", "timed_out": "magenta", "cancelled": "blue"}
 COUNTED = ("queued", "running", "finished", "failed", "timed_out", "cancelled")
 
@@ -20,12 +20,14 @@ def styled(state: str) -> str:
 def pools_table(site: Site) -> Table:
     table = Table(title="pools", title_justify="left")
     table.add_column("pool", no_wrap=True)
-    for column in ("depth", "DLQ", "workers", "idle", "queued", "active", "done", "failed", "timeout", "cancel"):
+    for column in ("depth", "DLQ", "workers", "idle", "waiting", "queued", "active", "done", "failed", "timeout",
+                   "cancel"):
         table.add_column(column, justify="right")
     with site.sessions() as session:
         for p in pool_summaries(session):
             active = sum(p.counts.get(s, 0) for s in ("received", "preparing", "running", "uploading"))
-            counts = [str(p.counts.get("queued", 0)), str(active)] + [str(p.counts.get(s, 0)) for s in COUNTED[2:]]
+            counts = [str(p.counts.get("waiting", 0)), str(p.counts.get("queued", 0)), str(active)] + \
+                [str(p.counts.get(s, 0)) for s in COUNTED[2:]]
             table.add_row(p.name, _n(p.queue_depth), _n(p.dead_letters), str(p.live_workers), str(p.idle_workers),
                           *counts)
     return table
@@ -40,17 +42,22 @@ def tasks_table(site: Site, limit: int = 20, pool: str | None = None) -> Table:
         for t in recent_tasks(session, limit, pool):
             took = duration_s(t)
             state = styled(t.state) + (f" (try {t.attempt})" if t.attempt > 1 else "")
+            reason = (t.reason or "")[:120]
+            if t.failure_class and t.failure_class != "none":
+                reason = f"[{t.failure_class}: {t.failure_code}] {reason}"
             table.add_row(t.id, t.pool, state, _n(t.exit_code), f"{took:.1f}s" if took is not None else "-",
-                          t.worker_id or "-", (t.reason or "")[:120])
+                          t.worker_id or "-", reason)
     return table
 
 
 def task_detail(site: Site, task_id: str) -> Group:
     with site.sessions() as session:
-        from worker.site.models import Task
+        from worker.site.models import Pool, Task
 
         t = session.get(Task, task_id)
+        pool = session.get(Pool, t.pool)
         events = task_events(session, task_id)
+    budget = pool.retry_budget if pool is not None else 0
     summary = Table(show_header=False, title=f"task {task_id}", title_justify="left")
     summary.add_column("field", style="bold")
     summary.add_column("value", overflow="fold")
@@ -58,6 +65,9 @@ def task_detail(site: Site, task_id: str) -> Group:
                          ("command", " ".join(t.command)), ("time limit", f"{t.time_limit_s:g} s"),
                          ("worker", t.worker_id or "-"), ("exit code", _n(t.exit_code)),
                          ("kill reason", t.kill_reason or "-"), ("reason", t.reason or "-"),
+                         ("failure", f"{t.failure_class}: {t.failure_code}" if t.failure_class else "-"),
+                         ("infra retries", f"{t.infra_retries} of {budget} (not counted as attempts)"),
+                         ("label / priority", f"{t.label or '-'} / {t.priority}"),
                          ("output bytes", _n(t.output_bytes)),
                          ("logs", site.storage.log_url(t.pool, t.id, t.attempt, "stdout"))):
         summary.add_row(field, value)

@@ -43,3 +43,26 @@ def get_pool(session: Session, name: str) -> Pool:
 
 def list_pools(session: Session) -> list[Pool]:
     return list(session.scalars(select(Pool).where(Pool.active.is_(True)).order_by(Pool.name)))
+
+
+LIMIT_KEYS = ("max_in_flight", "max_in_flight_per_label", "retry_budget", "retry_backoff_s", "retry_backoff_max_s")
+
+
+def set_limits(session: Session, name: str, **limits: float | None) -> Pool:
+    """Set a pool's admission limits and infrastructure retry budget (keys: :data:`LIMIT_KEYS`; a
+    ``max_in_flight*`` of None or 0 removes that limit). Unknown keys and negative values are refused."""
+    pool = get_pool(session, name)
+    for key, value in limits.items():
+        if key not in LIMIT_KEYS:
+            raise ValueError(f"unknown pool limit {key!r} (known: {', '.join(LIMIT_KEYS)})")
+        if value is not None and value < 0:
+            raise ValueError(f"{key} must be 0 or more, not {value}")
+        if key.startswith("max_in_flight") and not value:
+            value = None
+        if key.startswith("retry_backoff") and (value is None or value <= 0):
+            raise ValueError(f"{key} must be above 0")
+        if key == "retry_budget" and value is None:
+            raise ValueError("retry_budget must be a number (0: never retry)")
+        setattr(pool, key, value)
+    session.flush()
+    return pool
