@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from worker.protocol import KillReason, Status, TaskState
-from worker.site.failures import Code, FailureClass, backoff_s, class_of, classify_dead_letter, classify_status
+from worker.site.failures import (
+    Code,
+    FailureClass,
+    backoff_s,
+    class_of,
+    classify_dead_letter,
+    classify_status,
+)
 
 
 def final(state: TaskState, **kw) -> Status:

@@ -27,7 +27,7 @@ from worker.site.watcher import Watcher
 pytestmark = pytest.mark.slow
 
 
-class Crash(BaseException):  # noqa: N818 - not an error the code under test may catch: the process "dies"
+class Crash(BaseException):
     pass
 
 
