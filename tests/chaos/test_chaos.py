@@ -2,11 +2,13 @@
 
 Faults, all at once with the load: agents SIGKILLed at random (the stack's supervisor restarts them),
 the emulator SIGKILLed and restarted twice (same store, same ports), the site process (watcher +
-monitor, run here in a process of its own) SIGKILLed and restarted. Then: every task ends final, none
+monitor, run here in a process of its own) SIGKILLed and restarted, and — in the PostgreSQL run — the
+database server SIGKILLed and restarted once (crash recovery). Then: every task ends final, none
 is lost, no status was applied twice, and programs ran again only as the documented at-least-once
 delivery allows (a delivery cut short by a kill, or an infrastructure retry).
 
-``POOL_CHAOS_TASKS`` (default 1000) scales the load; ``POOL_CHAOS_REPORT=path.json`` writes the
+``POOL_CHAOS_TASKS`` (default 1000) scales the SQLite run, ``POOL_CHAOS_PG_TASKS`` (default 300) the
+PostgreSQL one; ``POOL_CHAOS_REPORT=path.json`` writes the
 figures (docs/reliability.md quotes them).
 """
 
@@ -15,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -25,17 +29,20 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from tests.fixtures.azurite import require_azurite
 from tests.fixtures.local_stack import supervised
 from worker.emulator.launcher import EmulatorProcess
+from worker.local.processes import free_port, wait_for_port
 from worker.local.stack import LocalStack
 from worker.site.models import TERMINAL, Task, TaskEvent
 from worker.site.producer import Submission, SubmitError
 from worker.site.service import Site
 
 pytestmark = pytest.mark.slow
-TASKS = int(os.environ.get("POOL_CHAOS_TASKS", "1000"))
+TASKS = {"sqlite": int(os.environ.get("POOL_CHAOS_TASKS", "1000")),
+         "postgres": int(os.environ.get("POOL_CHAOS_PG_TASKS", "300"))}
 WORKERS = 4
 POOL = "default"
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +83,8 @@ class SiteProcess:
 class Chaos(threading.Thread):
     """Faults keyed on progress (fraction of tasks final), so they land mid-run at any speed."""
 
-    def __init__(self, stack: LocalStack, site: SiteProcess, progress, seed: int = 7) -> None:
+    def __init__(self, stack: LocalStack, site: SiteProcess, progress, database: PgServer | None = None,
+                 seed: int = 7) -> None:
         super().__init__(name="chaos", daemon=True)
         self.stack, self.site, self.progress = stack, site, progress
         self.random = random.Random(seed)
@@ -85,6 +93,8 @@ class Chaos(threading.Thread):
         self.agent_kills = 0
         self.emulator_kills = 0
         self.site_kills = 0
+        self.database = database
+        self.database_kills = 0
         self.error: BaseException | None = None
         self.started = time.monotonic()
 
@@ -93,6 +103,8 @@ class Chaos(threading.Thread):
 
     def run(self) -> None:
         plan = [(0.15, self.kill_emulator), (0.35, self.kill_site), (0.55, self.kill_emulator)]
+        if self.database is not None:
+            plan.insert(2, (0.45, self.kill_database))
         next_agent_kill = time.monotonic() + 1.0
         try:
             while not self.stop.wait(0.2):
@@ -128,6 +140,15 @@ class Chaos(threading.Thread):
                                               http_port=old.http_port).start(timeout=60)
         self.say("emulator restarted")
 
+    def kill_database(self) -> None:
+        assert self.database is not None
+        self.database.kill()
+        self.database_kills += 1
+        self.say("SIGKILL PostgreSQL")
+        time.sleep(1.0)
+        self.database.start()
+        self.say("PostgreSQL restarted (crash recovery)")
+
     def kill_site(self) -> None:
         self.site.kill()
         self.site_kills += 1
@@ -137,16 +158,101 @@ class Chaos(threading.Thread):
         self.say("site restarted")
 
 
+class PgServer:
+    """A PostgreSQL server of this test's own (the session's is shared), that can be SIGKILLed."""
+
+    def __init__(self, root: Path) -> None:
+        from tests.fixtures.postgres import PG_BIN, _as_user
+
+        self.root, self.bin, self.as_user = root, PG_BIN, _as_user
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.data = root / "data"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        if self.user:
+            shutil.chown(root, self.user)
+        subprocess.run(self.as_user([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                     "--auth=trust", "--no-sync", "-E", "UTF8"], self.user),
+                       check=True, capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PgServer:
+        from tests.fixtures.postgres import _wait_until_accepting
+
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.as_user([str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                              "-h", "127.0.0.1", "-k", str(self.root)], self.user),
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        wait_for_port("127.0.0.1", self.port, 60, self.proc)
+        _wait_until_accepting(self.port, 60)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        from worker.util.process_group import stop_process_group
+
+        if self.proc is not None:
+            stop_process_group(self.proc, timeout=10)
+
+
+def submit_surviving(client: Site, submission: Submission) -> bool:
+    """Submit; False when recorded but not sent yet (the monitor sends it). A database that is
+    restarting refuses it: try again until the task is recorded (the id makes that idempotent)."""
+    for _ in range(120):
+        try:
+            client.producer.submit(submission)
+            return True
+        except SubmitError:
+            return False
+        except OperationalError:
+            time.sleep(0.5)
+            try:
+                with client.sessions() as s:
+                    if s.get(Task, submission.task_id) is not None:
+                        return False  # recorded before the failure; the monitor sends it if need be
+            except OperationalError:
+                continue
+    raise AssertionError(f"could not submit {submission.task_id}")
+
+
 @pytest.mark.timeout(600)  # ~3 min for 1,000 tasks on 2 busy cores; the default 300 s is too tight
-def test_every_task_ends_once_through_agent_emulator_and_site_kills(tmp_path):
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_every_task_ends_once_through_agent_emulator_and_site_kills(tmp_path, database):
     require_azurite()
     lines: list[str] = []
-    stack = LocalStack(tmp_path / "stack", workers=WORKERS, on_output=lines.append).start(timeout=90)
+    tasks_n = TASKS[database]
+    pg = None
+    if database == "postgres":
+        from tests.fixtures.postgres import PG_BIN
+
+        if not (PG_BIN / "postgres").exists():
+            pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
+        # Not under tmp_path: pytest's directory is root-only, and the server runs as ``postgres``.
+        pg = PgServer(Path(tempfile.mkdtemp(prefix="chaos-pg-"))).start()
+    try:
+        run_chaos(tmp_path, database, tasks_n, pg, lines)
+    finally:
+        if pg is not None:
+            pg.stop()
+            shutil.rmtree(pg.root, ignore_errors=True)
+
+
+def run_chaos(tmp_path: Path, database: str, tasks_n: int, pg: PgServer | None, lines: list[str]) -> None:
+    stack = LocalStack(tmp_path / "stack", workers=WORKERS, on_output=lines.append,
+                       database_url=pg.url if pg else None).start(timeout=90)
     stack.site.close()  # the site runs in its own process below, where it can be killed
     stack.site = None
     effects = tmp_path / "effects"
     effects.mkdir()
-    ids = [f"chaos{i:05d}" for i in range(TASKS)]
+    ids = [f"chaos{i:05d}" for i in range(tasks_n)]
     site_process = SiteProcess(stack.data_dir)
     with supervised(stack):
         site_process.start()
@@ -154,20 +260,20 @@ def test_every_task_ends_once_through_agent_emulator_and_site_kills(tmp_path):
 
         def progress() -> float:
             with client.sessions() as s:
-                return (s.scalar(select(func.count()).where(Task.state.in_(TERMINAL))) or 0) / TASKS
+                try:
+                    return (s.scalar(select(func.count()).where(Task.state.in_(TERMINAL))) or 0) / tasks_n
+                except OperationalError:
+                    return 0.0  # the database is restarting
 
-        chaos = Chaos(stack, site_process, progress)
+        chaos = Chaos(stack, site_process, progress, pg)
         started = time.monotonic()
         chaos.start()
         unsent = 0
         try:
             for task_id in ids:
-                try:
-                    client.producer.submit(Submission(
-                        pool=POOL, task_id=task_id, time_limit_s=60,
-                        command=["sh", "-c", f"echo $POOL_ATTEMPT >> {effects / task_id}"]))
-                except SubmitError:
-                    unsent += 1  # recorded; the monitor sends it once the emulator is back
+                unsent += not submit_surviving(client, Submission(
+                    pool=POOL, task_id=task_id, time_limit_s=60,
+                    command=["sh", "-c", f"echo $POOL_ATTEMPT >> {effects / task_id}"]))
             submitted_s = time.monotonic() - started
             deadline = time.monotonic() + 240
             while progress() < 1.0:
@@ -189,7 +295,7 @@ def test_every_task_ends_once_through_agent_emulator_and_site_kills(tmp_path):
     assert set(tasks) == set(ids), "tasks lost"
     states = Counter(t.state for t in tasks.values())
     classes = Counter((t.failure_class, t.failure_code) for t in tasks.values())
-    assert states == {"finished": TASKS}, (states, classes)
+    assert states == {"finished": tasks_n}, (states, classes)
     # No status applied twice: one history row per (task, attempt, seq) of the workers, one final state each.
     worker_rows = Counter((e.task_id, e.attempt, e.seq) for e in events if e.source == "worker")
     assert max(worker_rows.values()) == 1
@@ -202,14 +308,16 @@ def test_every_task_ends_once_through_agent_emulator_and_site_kills(tmp_path):
     retries = sum(t.infra_retries for t in tasks.values())
     redelivered = sum(1 for t in ids if sum(e.task_id == t and e.state == "received" for e in events) > 1)
     bound = chaos.agent_kills + chaos.emulator_kills * WORKERS + retries
-    figures = {"tasks": TASKS, "workers": WORKERS, "elapsed_s": round(elapsed, 1), "submit_s": round(submitted_s, 1),
-               "tasks_per_s": round(TASKS / elapsed, 1), "agent_kills": chaos.agent_kills,
+    figures = {"database": database, "tasks": tasks_n, "workers": WORKERS, "elapsed_s": round(elapsed, 1), "submit_s": round(submitted_s, 1),
+               "tasks_per_s": round(tasks_n / elapsed, 1), "agent_kills": chaos.agent_kills,
+               "database_kills": chaos.database_kills,
                "emulator_kills": chaos.emulator_kills, "site_kills": chaos.site_kills,
                "sends_failed_then_resent": unsent, "redelivered_tasks": redelivered,
                "infrastructure_retries": retries, "extra_program_runs": extra, "extra_runs_bound": bound,
                "states": dict(states), "log": chaos.log}
     print(json.dumps(figures, indent=1))
     if report := os.environ.get("POOL_CHAOS_REPORT"):
-        Path(report).write_text(json.dumps(figures, indent=1))
+        Path(report).with_suffix(f".{database}.json").write_text(json.dumps(figures, indent=1))
     assert chaos.emulator_kills == 2 and chaos.site_kills == 1 and chaos.agent_kills >= 3, chaos.log
+    assert chaos.database_kills == (1 if pg else 0), chaos.log
     assert extra <= bound, figures
