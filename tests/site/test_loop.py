@@ -172,7 +172,7 @@ def _set_pool(env: Env, **columns) -> None:
 
 
 def test_monitor_retries_a_lost_task_after_a_back_off_and_stops_the_old_attempt(env):
-    _set_pool(env, retry_budget=1, retry_backoff_s=1.5)
+    _set_pool(env, retry_budget=1, retry_backoff_s=3)
     submitted = env.site.producer.submit(Submission(pool=env.competition, command=["true"]))
     task, message, receiver = env.take_task()
     receiver.complete_message(message)  # a worker took it for good, then went silent
@@ -189,9 +189,8 @@ def test_monitor_retries_a_lost_task_after_a_back_off_and_stops_the_old_attempt(
     assert (retry.state, retry.attempt, retry.infra_retries) == ("queued", 2, 1)
     assert retry.sent_at is not None and retry.not_before > utcnow()  # sent as a scheduled message
     # Nothing to take before the back-off has passed: the broker holds the scheduled message.
-    early = env.worker.get_queue_receiver(env.task_queue, prefetch_count=0)
-    assert early.receive_messages(max_message_count=1, max_wait_time=0.5) == []
-    early.close()
+    with env.worker.get_queue_receiver(env.task_queue, prefetch_count=0) as early:  # attached before the wait
+        assert early.receive_messages(max_message_count=1, max_wait_time=0.5) == []
     second, message2, receiver2 = env.take_task()
     assert utcnow() >= retry.not_before - timedelta(seconds=0.2)
     assert (second.task_id, second.attempt, message2.message_id) == (submitted.id, 2, f"{submitted.id}:2")
