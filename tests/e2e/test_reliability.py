@@ -144,3 +144,31 @@ def test_baselines_go_before_waiting_participants(stack, limits):
     with stack.site.sessions() as s:
         admitted = {e.task_id: e.id for e in s.scalars(select(TaskEvent).where(TaskEvent.reason == "admitted"))}
     assert admitted[baseline] < min(admitted[p] for p in participants)
+
+
+def test_the_cli_sets_limits_and_shows_failure_classes(stack):
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    def pool(*args: str):
+        return CliRunner().invoke(app, [*args, "--data-dir", str(stack.data_dir)], env={"COLUMNS": "250"})
+
+    try:
+        limited = pool("competition", "limits", POOL, "--max-per-label", "2", "--retry-budget", "1")
+        assert limited.exit_code == 0, limited.output
+        assert "max_in_flight_per_label=2 retry_budget=1" in limited.output
+        assert pool("competition", "limits", "no-such-pool").exit_code == 1
+        failed = CliRunner().invoke(app, ["submit", "--data-dir", str(stack.data_dir), "--label", "alice", "--priority",
+                                          "3", "--wait", "--timeout", "60", "--", "false"])
+        assert failed.exit_code == 1 and "failure: participant (exit_code)" in failed.output, failed.output
+        task_id = failed.output.split()[1]
+        with stack.site.sessions() as s:
+            task = s.get(Task, task_id)
+            assert (task.label, task.priority, task.failure_code) == ("alice", 3, "exit_code")
+        detail = pool("status", task_id)
+        assert detail.exit_code == 0 and "participant: exit_code" in detail.output and "alice / 3" in detail.output
+        listing = pool("status")
+        assert "waiting" in listing.output and "participant/exit_code: " in listing.output, listing.output
+    finally:
+        pool("competition", "limits", POOL, "--max-per-label", "0", "--retry-budget", "3")

@@ -44,7 +44,7 @@ def tasks_table(site: Site, limit: int = 20, pool: str | None = None) -> Table:
             state = styled(t.state) + (f" (try {t.attempt})" if t.attempt > 1 else "")
             reason = (t.reason or "")[:120]
             if t.failure_class and t.failure_class != "none":
-                reason = f"[{t.failure_class}: {t.failure_code}] {reason}"
+                reason = f"{t.failure_class}/{t.failure_code}: {reason}"
             table.add_row(t.id, t.pool, state, _n(t.exit_code), f"{took:.1f}s" if took is not None else "-",
                           t.worker_id or "-", reason)
     return table
