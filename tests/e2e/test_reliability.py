@@ -86,6 +86,11 @@ def test_an_infrastructure_failure_is_retried_after_a_back_off_without_counting(
     trail = history(stack, task_id)
     failure = next(h for h in trail if h[1] == "failed")
     assert failure[:3] == (1, "failed", "worker") and "bundle program" in failure[3]
+    with stack.site.sessions() as s:
+        coded = [(e.state, e.source, e.failure_class, e.failure_code) for e in
+                 s.scalars(select(TaskEvent).where(TaskEvent.task_id == task_id, TaskEvent.failure_code.is_not(None)))]
+    assert coded == [("failed", "worker", "infrastructure", "bundle_download"),
+                     ("queued", "site", "infrastructure", "bundle_download"), ("finished", "worker", "none", "ok")]
     retry = trail[trail.index(failure) + 1]
     assert retry[:3] == (2, "queued", "site") and retry[3].startswith("infrastructure retry 1 of 2 in 3 s after "
                                                                       "bundle_download")
@@ -168,6 +173,7 @@ def test_the_cli_sets_limits_and_shows_failure_classes(stack):
             assert (task.label, task.priority, task.failure_code) == ("alice", 3, "exit_code")
         detail = pool("status", task_id)
         assert detail.exit_code == 0 and "participant: exit_code" in detail.output and "alice / 3" in detail.output
+        assert "participant/exit_code" in detail.output  # the history's final row
         listing = pool("status")
         assert "waiting" in listing.output and "participant/exit_code: " in listing.output, listing.output
     finally:

@@ -72,11 +72,12 @@ def task_detail(site: Site, task_id: str) -> Group:
                          ("logs", site.storage.log_url(t.pool, t.id, t.attempt, "stdout"))):
         summary.add_row(field, value)
     history = Table(title="history", title_justify="left")
-    for column in ("recorded", "attempt", "seq", "state", "by", "worker", "reason"):
+    for column in ("recorded", "attempt", "seq", "state", "by", "worker", "failure", "reason"):
         history.add_column(column, overflow="fold" if column == "reason" else "ellipsis")
     for e in events:
         history.add_row(e.recorded_at.strftime("%H:%M:%S.%f")[:-3], str(e.attempt), str(e.seq) if e.seq >= 0 else "-",
-                        styled(e.state), e.source, e.worker_id or "-", e.reason or "")
+                        styled(e.state), e.source, e.worker_id or "-",
+                        f"{e.failure_class}/{e.failure_code}" if e.failure_code else "", e.reason or "")
     return Group(summary, history)
 
 

@@ -147,6 +147,7 @@ def infrastructure_failure(session: Session, row: TaskRow, code: Code, reason: s
         row.failure_class = row.failure_code = None
         row.exit_code = row.kill_reason = None
         session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=SiteState.QUEUED.value, source="site",
+                              failure_class=FailureClass.INFRASTRUCTURE.value, failure_code=code.value,
                               reason=f"infrastructure retry {row.infra_retries} of {budget} in {delay:g} s "
                                      f"after {code.value}: {reason}", reported_at=now, recorded_at=now))
         return True
@@ -159,5 +160,6 @@ def infrastructure_failure(session: Session, row: TaskRow, code: Code, reason: s
     record_final_code(row, code)
     if final_event:
         session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state, source="site",
+                              failure_class=row.failure_class, failure_code=row.failure_code,
                               reason=row.reason, reported_at=now, recorded_at=now))
     return False

@@ -172,6 +172,9 @@ class TaskEvent(Base):
     source: Mapped[str] = mapped_column(String(16))  # worker | site
     worker_id: Mapped[str | None] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
+    # On final rows, and on the site's lost / retry rows: the failure's class and code (worker.site.failures).
+    failure_class: Mapped[str | None] = mapped_column(String(16))
+    failure_code: Mapped[str | None] = mapped_column(String(32))
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the status' timestamp
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -162,7 +162,8 @@ class Monitor:
         reason = f"lost: no status from worker {row.worker_id} for {silent:.0f} s"
         old_attempt = row.attempt
         session.add(TaskEvent(task_id=row.id, attempt=old_attempt, seq=-1, state="lost", source="site",
-                              worker_id=row.worker_id, reason=reason, reported_at=now, recorded_at=now))
+                              worker_id=row.worker_id, reason=reason, failure_class=failures.FailureClass.INFRASTRUCTURE,
+                              failure_code=failures.Code.WORKER_LOST, reported_at=now, recorded_at=now))
         requeued = failures.infrastructure_failure(session, row, failures.Code.WORKER_LOST, reason, now)
         return row.pool, old_attempt, requeued
 

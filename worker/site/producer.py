@@ -162,7 +162,8 @@ class Producer:
                 row.finished_at = utcnow()
                 row.reason = reason
                 session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state,
-                                      source="site", reason=reason, reported_at=utcnow()))
+                                      source="site", reason=reason, failure_class="none", failure_code="cancelled",
+                                      reported_at=utcnow()))
             return row
 
         row = retrying(self.sessions, request)

@@ -129,11 +129,13 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
         row.output_bytes = status.output_bytes
     if status.state.terminal:
         row.finished_at = now
+    code = failures.classify_status(status) if status.state.terminal else None
     session.add(TaskEvent(task_id=row.id, attempt=status.attempt, seq=status.seq, state=status.state.value,
                           source="worker", worker_id=status.worker_id, reason=status.reason,
+                          failure_class=failures.class_of(code).value if code else None,
+                          failure_code=code.value if code else None,
                           reported_at=status.timestamp, recorded_at=now))
-    if status.state.terminal:
-        code = failures.classify_status(status)
+    if code is not None:
         failures.record_final_code(row, code)
         if failures.class_of(code) is failures.FailureClass.INFRASTRUCTURE and failures.infrastructure_failure(
                 session, row, code, status.reason or code.value, now, final_event=False):

@@ -1,4 +1,4 @@
-"""reliability: failure attribution, infrastructure retries, fair admission, refused cross-pool reports
+"""reliability: failure attribution (tasks and history), infrastructure retries, fair admission, refused cross-pool reports
 
 Revision ID: 0004_reliability
 Revises: 0002
@@ -34,9 +34,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('infra_retries', sa.Integer(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('not_before', worker.site.models.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index('ix_tasks_pool_state', ['pool', 'state'], unique=False)
+    with op.batch_alter_table('task_events', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('failure_class', sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column('failure_code', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('task_events', schema=None) as batch_op:
+        batch_op.drop_column('failure_code')
+        batch_op.drop_column('failure_class')
     with op.batch_alter_table('tasks', schema=None) as batch_op:
         batch_op.drop_index('ix_tasks_pool_state')
         batch_op.drop_column('not_before')
