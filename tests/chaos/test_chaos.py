@@ -182,13 +182,19 @@ class PgServer:
     def start(self) -> PgServer:
         from tests.fixtures.postgres import _wait_until_accepting
 
+        # The postmaster is our own child (not runuser's): after a SIGKILL we reap it, so its pid in
+        # postmaster.pid is gone when it restarts (an unreaped zombie would make it refuse to start).
         with open(self.root / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
-                self.as_user([str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                              "-h", "127.0.0.1", "-k", str(self.root)], self.user),
+                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
+                 "-k", str(self.root)], user=self.user, group=self.user,
                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        wait_for_port("127.0.0.1", self.port, 60, self.proc)
-        _wait_until_accepting(self.port, 60)
+        try:
+            wait_for_port("127.0.0.1", self.port, 60, self.proc)
+            _wait_until_accepting(self.port, 60)
+        except Exception as exc:
+            log = (self.root / "server.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"PostgreSQL did not come back: {exc}\n{log}") from exc
         return self
 
     def kill(self) -> None:
@@ -277,6 +283,7 @@ def run_chaos(tmp_path: Path, database: str, tasks_n: int, pg: PgServer | None, 
             submitted_s = time.monotonic() - started
             deadline = time.monotonic() + 240
             while progress() < 1.0:
+                assert chaos.error is None, chaos.error
                 assert time.monotonic() < deadline, f"not all final after 240 s: {progress():.1%} ({chaos.log})"
                 time.sleep(0.5)
             elapsed = time.monotonic() - started
