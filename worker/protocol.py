@@ -79,6 +79,14 @@ class KillReason(StrEnum):
     SHUTDOWN = "shutdown"
 
 
+class ControlSignal(BaseModel):
+    """The body of a task's control blob (written by the site, polled by the worker)."""
+
+    action: Literal["cancel"] = "cancel"
+    reason: str = "cancelled by the site"
+    at: datetime = Field(default_factory=utcnow)
+
+
 class Bundle(_Model):
     """A read-only input: an archive (zip / tar.*) or a single file, fetched through a SAS URL.
 
@@ -123,7 +131,12 @@ class Task(_Model):
     @property
     def message_id(self) -> str:
         """Duplicate-detection id: the same task attempt is never queued twice."""
-        return f"{self.task_id}:{self.attempt}"
+        return task_message_id(self.task_id, self.attempt)
+
+
+def task_message_id(task_id: str, attempt: int) -> str:
+    """The id of a task attempt's message (parsed back by ``worker.wire.parse_task_message_id``)."""
+    return f"{task_id}:{attempt}"
 
 
 class HostFacts(_Model):

@@ -30,27 +30,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
+from azure.servicebus import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import ServiceBusError
 
 from worker.agent.errors import InfrastructureError
-from worker.protocol import (
-    CONTENT_TYPE,
-    SUBJECT_PRESENCE,
-    SUBJECT_STATUS,
-    HostFacts,
-    Presence,
-    Status,
-    Task,
-    TaskState,
-    encode,
-)
+from worker.protocol import HostFacts, Presence, Status, Task, TaskState
 from worker.servicebus import status_sender
+from worker.wire import report_message
 
 log = logging.getLogger(__name__)
 
 SEQ_PER_DELIVERY = 1_000_000  # heartbeats every second for 11 days still fit in one delivery's range
-BATCH_REST = "batch_rest"
 MAX_BATCH = 50  # statuses are ~1 KB; a batch stays far below the 256 KB message limit
 COALESCE_S = 0.05  # how long a non-final status may wait for the next ones (never the final status)
 FLUSH_TIMEOUT_S = 120.0  # the SDK's own retries end long before this; a guard against a wedged link
@@ -65,27 +55,6 @@ class _Pending:
     due: float = field(default_factory=lambda: time.monotonic() + COALESCE_S)
     done: threading.Event = field(default_factory=threading.Event)
     failed: bool = False  # set before ``done`` when it could not be sent
-
-
-def _message(status: Status | Presence, rest: int) -> ServiceBusMessage:
-    """``batch_rest``: how many messages of the same batch follow this one (a hint that lets the
-    site's watcher take the whole batch into one transaction instead of waiting to learn of them)."""
-    if isinstance(status, Presence):
-        return ServiceBusMessage(
-            encode(status),
-            content_type=CONTENT_TYPE,
-            subject=SUBJECT_PRESENCE,
-            message_id=f"presence:{status.worker_id}:{status.timestamp.timestamp():.6f}:{status.seq}",
-            application_properties={"worker_id": status.worker_id, "activity": status.activity.value,
-                                    BATCH_REST: rest},
-        )
-    return ServiceBusMessage(
-        encode(status),
-        content_type=CONTENT_TYPE,
-        subject=SUBJECT_STATUS,
-        message_id=f"{status.task_id}:{status.attempt}:{status.seq}",
-        application_properties={"task_id": status.task_id, "state": status.state.value, BATCH_REST: rest},
-    )
 
 
 PresenceSource = Callable[[], Presence | None]  # the report to send now; None: busy, nothing to send
@@ -251,7 +220,7 @@ class StatusSender:
                 sender = self._senders.get(queue)
                 if sender is None:
                     sender = self._senders[queue] = status_sender(self._client, queue)
-                messages = [_message(item.status, len(live) - 1 - i) for i, item in enumerate(live)]
+                messages = [report_message(item.status, len(live) - 1 - i) for i, item in enumerate(live)]
                 sender.send_messages(messages if len(messages) > 1 else messages[0])
         except (ServiceBusError, OSError) as exc:
             self._drop(queue)

@@ -28,26 +28,15 @@ from worker.agent.reporter import StatusSender, TaskReporter
 from worker.config import AgentConfig
 from worker.execution import get_driver
 from worker.execution.base import ExecutionDriver
-from worker.protocol import Activity, KillReason, Presence, ProtocolError, decode_task
+from worker.protocol import Activity, KillReason, Presence, ProtocolError, Task
 from worker.servicebus import response_client, task_client, task_receiver
+from worker.wire import decode_message
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = (ServiceBusError, OSError)
 HEALTHY_SESSION_S = 30.0  # a connection that lasted this long resets the reconnect backoff
 MAX_DEAD_LETTER_DESCRIPTION = 1000
-
-
-def message_body(message: ServiceBusReceivedMessage) -> bytes:
-    body = message.body
-    if isinstance(body, (bytes, bytearray)):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode()
-    try:
-        return b"".join(bytes(part) for part in body)
-    except TypeError:
-        raise ProtocolError("MalformedMessage", "the message body is not binary JSON data") from None
 
 
 class Agent:
@@ -154,7 +143,8 @@ class Agent:
             receiver.abandon_message(message)
             return
         try:
-            task = decode_task(message_body(message))
+            task = decode_message(message, queue="tasks")
+            assert isinstance(task, Task)
         except ProtocolError as exc:
             log.warning("dead-lettering message %s: %s: %s", message.message_id, exc.reason, exc.description)
             receiver.dead_letter_message(message, reason=exc.reason,

@@ -22,13 +22,13 @@ from azure.servicebus import ServiceBusReceiveMode, ServiceBusReceiver, ServiceB
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.protocol import ProtocolError, decode_task
 from worker.site.db import retrying
 from worker.site.models import ACTIVE, Pool, SiteState, TaskEvent, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import list_pools
 from worker.site.producer import Producer, SubmitError
 from worker.site.queues import SiteQueues
+from worker.wire import task_ref
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class Monitor:
         handled = 0
         messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=0.2)
         for message in messages:
-            task_id, attempt = _task_ref(message.message_id, b"".join(message.body))
+            task_id, attempt = task_ref(message)
             reason = f"dead-lettered: {message.dead_letter_reason or 'unknown reason'}"
             if message.dead_letter_error_description:
                 reason += f": {message.dead_letter_error_description}"
@@ -212,18 +212,6 @@ class Monitor:
 
         retrying(self.sessions, store)
         return depth
-
-
-def _task_ref(message_id: str | None, body: bytes) -> tuple[str | None, int | None]:
-    if message_id and ":" in message_id:
-        task_id, _, attempt = message_id.rpartition(":")
-        if attempt.isdigit():
-            return task_id, int(attempt)
-    try:
-        task = decode_task(body)
-        return task.task_id, task.attempt
-    except ProtocolError:
-        return (message_id or None), None
 
 
 def _fail_dead_lettered(session: Session, task_id: str, attempt: int | None, reason: str) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
+from azure.servicebus import ServiceBusClient, ServiceBusSender
 
-from worker.protocol import CONTENT_TYPE, Task, encode
+from worker.protocol import Task
+from worker.wire import task_message
 
 
 class SiteQueues:
@@ -29,8 +30,7 @@ class SiteQueues:
             return self._clients[cs]
 
     def send_task(self, connection_string: str | None, queue: str, task: Task) -> None:
-        message = ServiceBusMessage(encode(task), message_id=task.message_id, content_type=CONTENT_TYPE,
-                                    subject=task.task_type.value)
+        message = task_message(task)
         key = (connection_string or "", queue)
         with self._lock:
             lock = self._send_locks.setdefault(key, threading.Lock())

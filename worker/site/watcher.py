@@ -29,6 +29,7 @@ from worker.site.db import retrying
 from worker.site.models import Task as TaskRow
 from worker.site.models import TaskEvent, Worker, utcnow
 from worker.site.queues import SiteQueues
+from worker.wire import batch_rest, decode_message, message_kind
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,6 @@ class Outcome(StrEnum):
     TERMINAL = "terminal"  # the task already reached a final state
     UNKNOWN_TASK = "unknown_task"
     PRESENCE = "presence"  # a worker's presence report applied
-
-
-UNKNOWN_KIND = "UnknownMessageKind"
 
 
 def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
@@ -138,14 +136,6 @@ def apply_presence(session: Session, presence: protocol.Presence, pool: str | No
     return Outcome.PRESENCE
 
 
-def message_kind(message: ServiceBusReceivedMessage) -> str:
-    """The message's subject (``status`` when it has none: agents before presence reports)."""
-    subject = message.subject
-    if isinstance(subject, bytes):
-        subject = subject.decode(errors="replace")
-    return subject or protocol.SUBJECT_STATUS
-
-
 def _prefetched(receiver: ServiceBusReceiver) -> int:
     """Messages the SDK already holds for this receiver (a private attribute of azure-servicebus
     7.15's pyamqp transport; 0 when it is not there, which only costs batching)."""
@@ -153,14 +143,6 @@ def _prefetched(receiver: ServiceBusReceiver) -> int:
         return int(receiver._handler._received_messages.qsize())  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001
         return 0
-
-
-def _batch_rest(message: ServiceBusReceivedMessage) -> int:
-    """How many messages the agent sent in the same batch after this one (its ``batch_rest``
-    application property; 0 without it). They are already on their way to this receiver."""
-    props = message.application_properties or {}
-    value = props.get(b"batch_rest", props.get("batch_rest", 0))  # type: ignore[call-overload]
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 @dataclass
@@ -217,7 +199,7 @@ class Watcher:
                         # be right behind it (the rest of the agent's batch): asking the SDK for more than
                         # will come waits ~200 ms for further messages.
                         messages = receiver.receive_messages(max_message_count=1, max_wait_time=self.wait_s)
-                        more = min(max(_prefetched(receiver), *map(_batch_rest, messages), 0), self.batch - 1)
+                        more = min(max(_prefetched(receiver), *map(batch_rest, messages), 0), self.batch - 1)
                         if messages and more > 0:
                             messages += receiver.receive_messages(max_message_count=more, max_wait_time=1)
                         if messages:
@@ -233,18 +215,12 @@ class Watcher:
         the batch came from (the pool a presence report's worker belongs to)."""
         statuses: list[tuple[ServiceBusReceivedMessage, protocol.Status | protocol.Presence]] = []
         for message in messages:
-            kind = message_kind(message)
             try:
-                body = b"".join(message.body)
-                if kind == protocol.SUBJECT_STATUS:
-                    statuses.append((message, protocol.decode_status(body)))
-                elif kind == protocol.SUBJECT_PRESENCE:
-                    statuses.append((message, protocol.decode_presence(body)))
-                else:
-                    raise protocol.ProtocolError(UNKNOWN_KIND, f"unknown message subject {kind[:100]!r} "
-                                                 f"(expected {protocol.SUBJECT_STATUS!r} or {protocol.SUBJECT_PRESENCE!r})")
+                report = decode_message(message)
+                assert isinstance(report, (protocol.Status, protocol.Presence))
+                statuses.append((message, report))
             except protocol.ProtocolError as exc:
-                log.warning("dead-lettering malformed %s %s: %s", kind[:100], message.message_id, exc)
+                log.warning("dead-lettering malformed %s %s: %s", message_kind(message)[:100], message.message_id, exc)
                 receiver.dead_letter_message(message, reason=exc.reason, error_description=exc.description[:1024])
                 self._count(dead_lettered=1)
 
