@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from worker.config import ConfigError, check_competition_name, load_yaml
+from worker.errors import PoolError
 
 CONFIG_NAMESPACE = "pool"
 ADMIN_PASSWORD_ENV = "POOL_ADMIN_PASSWORD"  # Windows pools: the VMs' admin password (stored as a secret)
@@ -34,7 +35,7 @@ SECRET_OUTPUTS = frozenset({"site_task_queue_connection_string", "site_response_
                             "site_storage_connection_string"})
 
 
-class ProvisioningError(RuntimeError):
+class ProvisioningError(PoolError, RuntimeError):
     """The stack could not be deployed; the message says why and what to do."""
 
 

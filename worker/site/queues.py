@@ -9,6 +9,7 @@ from typing import Any
 from azure.servicebus import ServiceBusClient, ServiceBusSender
 
 from worker.protocol import Task
+from worker.servicebus import client_kwargs
 from worker.wire import task_message
 
 
@@ -26,7 +27,7 @@ class SiteQueues:
             raise ValueError("no Service Bus connection string for this pool and no namespace-level one")
         with self._lock:
             if cs not in self._clients:
-                self._clients[cs] = ServiceBusClient.from_connection_string(cs)
+                self._clients[cs] = ServiceBusClient.from_connection_string(cs, **client_kwargs())
             return self._clients[cs]
 
     def send_task(self, connection_string: str | None, queue: str, task: Task) -> None:
