@@ -21,13 +21,14 @@ from azure.servicebus.exceptions import MessageLockLostError
 
 from worker.agent.cache import InputCache
 from worker.agent.hostfacts import host_facts
-from worker.agent.lifecycle import Outcome, TaskRun
+from worker.agent.lifecycle import Outcome, StopReason, TaskRun
 from worker.agent.lock import LockKeeper
-from worker.agent.reporter import StatusSender, TaskReporter
+from worker.agent.reporter import TaskReporter
+from worker.agent.sender import StatusSender
 from worker.config import AgentConfig
 from worker.execution import get_driver
 from worker.execution.base import ExecutionDriver
-from worker.protocol import Activity, KillReason, Presence, ProtocolError, Task
+from worker.protocol import Activity, Presence, ProtocolError, Task
 from worker.reconnect import run_with_reconnect
 from worker.servicebus import response_client, task_client, task_receiver
 from worker.wire import decode_message
@@ -156,10 +157,10 @@ class Agent:
                 grace_deadline = now + self.config.shutdown_grace_s
                 log.info("stopping: the current task has %.0f s to finish", self.config.shutdown_grace_s)
             if grace_deadline is not None and now >= grace_deadline:
-                run.stop(KillReason.SHUTDOWN)
+                run.stop(StopReason.SHUTDOWN)
                 grace_deadline = float("inf")
             if now >= renew_at:
-                keeper.renew(on_lost=lambda why: run.stop(KillReason.SHUTDOWN))
+                keeper.renew(on_lost=lambda why: run.stop(StopReason.LOCK_LOST))
                 renew_at = time.monotonic() + keeper.next_wait()
             wake = min(renew_at, grace_deadline if grace_deadline is not None else now + 0.5)
             thread.join(max(0.01, wake - time.monotonic()))
