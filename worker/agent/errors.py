@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from worker.errors import PoolError, TaskRejected
 
-class InfrastructureError(RuntimeError):
+__all__ = ["InfrastructureError", "TaskRejected"]
+
+
+class InfrastructureError(PoolError, RuntimeError):
     """Storage or Service Bus failed us (not the program). While statuses can still be sent, the
     agent reports a final ``failed`` status carrying ``code`` (``Status.failure``) and the site retries
     the task after a back-off; when they cannot, the message is handed back (abandoned) so Service Bus
@@ -13,7 +17,3 @@ class InfrastructureError(RuntimeError):
         super().__init__(message)
         self.code = code  # a worker.site.failures code: storage_error, bundle_download, servicebus_error
 
-
-class TaskRejected(RuntimeError):
-    """The task's own inputs are unusable (unsafe archive, program that cannot start): a final
-    ``failed`` status with this message, the message completed, no retry."""

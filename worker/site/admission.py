@@ -28,8 +28,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.site import transitions
 from worker.site.db import retrying
-from worker.site.models import IN_FLIGHT, Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import IN_FLIGHT, Pool, SiteState, utcnow
 from worker.site.models import Task as TaskRow
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,9 @@ def admit(session: Session, pool_name: str, now: datetime | None = None) -> list
         cap = pool.max_in_flight_per_label
         if row.label is not None and cap is not None and per_label.get(row.label, 0) >= cap:
             continue
-        row.state = SiteState.QUEUED.value
-        row.not_before = now  # the monitor's resend clock starts now, not at submission
+        transitions.admit(session, row, now)
         total += 1
         per_label[row.label] = per_label.get(row.label, 0) + 1
-        session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state, source="site",
-                              reason="admitted", reported_at=now, recorded_at=now))
         admitted.append(row.id)
     return admitted
 

@@ -22,13 +22,14 @@ verdict at most once (``attempt - infra_retries`` is always 1).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
 from worker import protocol
-from worker.site.models import Pool, SiteState, TaskEvent, utcnow
+from worker.site import transitions
+from worker.site.models import Pool
 from worker.site.models import Task as TaskRow
 
 
@@ -126,40 +127,29 @@ def record_final_code(row: TaskRow, code: Code) -> None:
 
 
 def infrastructure_failure(session: Session, row: TaskRow, code: Code, reason: str, now: datetime,
-                           *, final_event: bool = True) -> bool:
+                           *, reported_by_worker: bool = False) -> bool:
     """An infrastructure failure of ``row``'s current attempt (the row is locked by the caller). Queue
     the next attempt after a back-off when the pool's budget allows (True: the caller sends it once
-    committed), else make the task ``failed`` for good (with a history row unless ``final_event`` is
-    False: the caller already wrote the worker's own ``failed`` row)."""
+    committed), else make the task ``failed`` for good. ``reported_by_worker``: the worker's own final
+    ``failed`` status was applied in this transaction (its history row is the final one)."""
     pool = session.get(Pool, row.pool)
     budget = pool.retry_budget if pool is not None else 0
-    if (code not in NOT_RETRIED and row.infra_retries < budget and row.attempt < row.max_attempts
-            and row.cancel_requested_at is None):
-        row.infra_retries += 1
-        delay = backoff_s(row.infra_retries, pool.retry_backoff_s, pool.retry_backoff_max_s)  # type: ignore[union-attr]
-        row.attempt += 1
-        row.state = SiteState.QUEUED.value
-        row.sent_at = None
-        row.not_before = utcnow() + timedelta(seconds=delay)  # real time (``now`` may be a test's): the broker schedules by it
-        row.last_seq = -1
-        row.delivery_started_at = row.last_status_at = None
-        row.worker_id = None
-        row.failure_class = row.failure_code = None
-        row.exit_code = row.kill_reason = None
-        session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=SiteState.QUEUED.value, source="site",
-                              failure_class=FailureClass.INFRASTRUCTURE.value, failure_code=code.value,
-                              reason=f"infrastructure retry {row.infra_retries} of {budget} in {delay:g} s "
-                                     f"after {code.value}: {reason}", reported_at=now, recorded_at=now))
+    failure = (FailureClass.INFRASTRUCTURE.value, code.value)
+    if (pool is not None and code not in NOT_RETRIED and row.infra_retries < budget
+            and row.attempt < row.max_attempts and row.cancel_requested_at is None):
+        delay = backoff_s(row.infra_retries + 1, pool.retry_backoff_s, pool.retry_backoff_max_s)
+        transitions.retry(session, row, failure, f"infrastructure retry {row.infra_retries + 1} of {budget} in "
+                          f"{delay:g} s after {code.value}: {reason}", delay, now,
+                          after_worker_failure=reported_by_worker)
         return True
-    row.state = SiteState.FAILED.value
-    row.reason = (f"{reason} (not retried: {row.infra_retries} of {budget} infrastructure retries used, "
-                  f"attempt {row.attempt} of {row.max_attempts})")
     if code in NOT_RETRIED:  # it would fail the same way again
-        row.reason = reason
-    row.finished_at = now
-    record_final_code(row, code)
-    if final_event:
-        session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state, source="site",
-                              failure_class=row.failure_class, failure_code=row.failure_code,
-                              reason=row.reason, reported_at=now, recorded_at=now))
+        final_reason = reason
+    else:
+        final_reason = (f"{reason} (not retried: {row.infra_retries} of {budget} infrastructure retries used, "
+                        f"attempt {row.attempt} of {row.max_attempts})")
+    if reported_by_worker:  # already failed by the worker's status: complete the task's story
+        row.reason = final_reason
+        record_final_code(row, code)
+    else:
+        transitions.fail(session, row, final_reason, now, failure)
     return False

@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
-from worker.site import admission
+from worker.errors import PoolError
+from worker.site import admission, transitions
 from worker.site.db import retrying, transaction
-from worker.site.models import Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import Pool, SiteState, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import get_pool
 from worker.site.queues import SiteQueues
@@ -29,7 +30,7 @@ from worker.storage import Storage, StoredBundle
 log = logging.getLogger(__name__)
 
 
-class SubmitError(RuntimeError):
+class SubmitError(PoolError, RuntimeError):
     pass
 
 
@@ -80,13 +81,10 @@ class Producer:
             id=submission.task_id or new_task_id(), pool=submission.pool, task_type=submission.task_type.value,
             command=list(submission.command), env=dict(submission.env), bundles=bundles,
             time_limit_s=submission.time_limit_s, resources=submission.resources.model_dump(mode="json"),
-            max_attempts=submission.max_attempts, attempt=1, label=submission.label, priority=submission.priority,
-            state=(SiteState.WAITING if waits else SiteState.QUEUED).value,
+            max_attempts=submission.max_attempts, label=submission.label, priority=submission.priority,
         )
         with transaction(self.sessions) as session:
-            session.add(row)
-            session.add(TaskEvent(task_id=row.id, attempt=1, seq=-1, state=row.state,
-                                  source="site", reason="submitted", reported_at=utcnow()))
+            transitions.submit(session, row, waiting=waits)
         if waits:  # under the pool's limits: it goes when (and if) admission lets it in
             admission.admit_and_send(self.sessions, row.pool, self.send)
             with self.sessions() as session:
@@ -157,13 +155,7 @@ class Producer:
                 return row
             row.cancel_requested_at = row.cancel_requested_at or utcnow()
             if row.state in (SiteState.QUEUED.value, SiteState.WAITING.value):
-                row.state = SiteState.CANCELLED.value
-                row.failure_class, row.failure_code = "none", "cancelled"
-                row.finished_at = utcnow()
-                row.reason = reason
-                session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state,
-                                      source="site", reason=reason, failure_class="none", failure_code="cancelled",
-                                      reported_at=utcnow()))
+                transitions.cancel(session, row, reason)
             return row
 
         row = retrying(self.sessions, request)

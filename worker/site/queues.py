@@ -7,9 +7,11 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
+from azure.servicebus import ServiceBusClient, ServiceBusSender
 
-from worker.protocol import CONTENT_TYPE, Task, encode
+from worker.protocol import Task
+from worker.servicebus import client_kwargs
+from worker.wire import task_message
 
 
 class SiteQueues:
@@ -26,15 +28,14 @@ class SiteQueues:
             raise ValueError("no Service Bus connection string for this pool and no namespace-level one")
         with self._lock:
             if cs not in self._clients:
-                self._clients[cs] = ServiceBusClient.from_connection_string(cs)
+                self._clients[cs] = ServiceBusClient.from_connection_string(cs, **client_kwargs())
             return self._clients[cs]
 
     def send_task(self, connection_string: str | None, queue: str, task: Task,
                   scheduled_at: datetime | None = None) -> None:
         """``scheduled_at``: enqueue it then (a Service Bus scheduled message: an infrastructure retry's
         back-off), not now."""
-        message = ServiceBusMessage(encode(task), message_id=task.message_id, content_type=CONTENT_TYPE,
-                                    subject=task.task_type.value, scheduled_enqueue_time_utc=scheduled_at)
+        message = task_message(task, scheduled_at)
         key = (connection_string or "", queue)
         with self._lock:
             lock = self._send_locks.setdefault(key, threading.Lock())
