@@ -32,9 +32,12 @@ class Context:
 
 
 def _consoles():
+    import os
+
     from rich.console import Console
 
-    width = None if sys.stdout.isatty() else 200
+    # A pipe gets wide lines (tables unwrapped for grep) unless COLUMNS says otherwise.
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
     return Console(width=width, highlight=False), Console(stderr=True, width=width, highlight=False)
 
 

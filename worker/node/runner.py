@@ -112,5 +112,5 @@ def print_table(results: list[HostResult], out: Console, title: str) -> None:
 def print_outputs(results: list[HostResult], out: Console) -> None:
     for result in results:
         if result.row.output:
-            out.rule(f"{escape(result.target.name)}", align="left")
+            out.print(f"[bold]── {escape(result.target.name)} ──[/]")
             out.print(result.row.output.rstrip("\n"), markup=False, highlight=False)

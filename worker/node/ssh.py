@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -133,6 +134,9 @@ def _connect(client: paramiko.SSHClient, target: Target, options: SSHOptions, so
         raise NodeError(f"unreachable: {where}: no answer within {options.connect_timeout:g}s") from None
     except paramiko.SSHException as exc:
         text = str(exc)
+        if "no authentication methods" in text.lower():
+            raise NodeError(f"authentication failed for {where}: no key to offer (give --identity, an inventory "
+                            "key file or an SSH agent)") from None
         # A dead transport (no banner in time, or not SSH at all) surfaces as any of these.
         if any(w in text.lower() for w in ("banner", "timeout", "timed out", "no existing session")):
             raise NodeError(f"unreachable: {where}: no SSH handshake within {options.connect_timeout:g}s") from None
@@ -154,6 +158,8 @@ class Session:
             sock = None
             if self.options.jump:
                 bastion = parse_host(self.options.jump)
+                # Same key as the target unless --identity says otherwise (the usual bastion set-up).
+                bastion = dataclasses.replace(bastion, key_file=self.target.key_file)
                 jump = _client(self.options)
                 self._clients.append(jump)
                 try:
