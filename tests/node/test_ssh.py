@@ -198,3 +198,27 @@ def test_sessions_are_closed(sshd, user_key, tmp_path):
     assert rc == 0
     time.sleep(0.5)
     assert threading.active_count() <= before + 1  # no paramiko transport thread left behind
+
+
+def test_streamed_output_and_interrupt(sshd, user_key, tmp_path):
+    """What `logs --follow` relies on: lines arrive as they are printed, no timeout, Ctrl-C ends it."""
+    from worker.node.inventory import parse_host
+    from worker.node.ssh import CANCEL, NodeError, Session, SSHOptions
+
+    options = SSHOptions(known_hosts=trusted(tmp_path, sshd), identity=user_key, use_agent=False, command_timeout=1)
+    lines: list[tuple[float, str]] = []
+
+    def on_line(text: str) -> None:
+        lines.append((time.monotonic(), text))
+        if len(lines) == 3:
+            CANCEL.set()
+
+    CANCEL.clear()
+    try:
+        with Session(parse_host(f"root@127.0.0.1:{sshd.port}"), options) as session, \
+                pytest.raises(NodeError, match="interrupted"):
+            session.run("for i in 1 2 3 4; do echo line $i; sleep 0.7; done; sleep 60", timeout=0, on_line=on_line)
+    finally:
+        CANCEL.clear()
+    assert [text for _, text in lines] == ["line 1", "line 2", "line 3"]
+    assert lines[2][0] - lines[0][0] > 1.0  # streamed one by one, not at the end

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -24,7 +24,7 @@ from rich.table import Table
 from worker.node.inventory import Target
 from worker.node.ops import Row
 from worker.node.remote import Remote
-from worker.node.ssh import NodeError, Session, SSHOptions
+from worker.node.ssh import CANCEL, NodeError, Session, SSHOptions
 
 Operation = Callable[[Session, Remote, Callable[[str], None]], Row]
 
@@ -52,6 +52,7 @@ def run_one(target: Target, options: SSHOptions, operation: Operation, step: Cal
 
 def run_many(targets: list[Target], options: SSHOptions, operation: Operation, forks: int, title: str,
              err: Console, show_progress: bool = True) -> list[HostResult]:
+    CANCEL.clear()
     results: dict[str, HostResult] = {}
     lock = threading.Lock()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -80,7 +81,16 @@ def run_many(targets: list[Target], options: SSHOptions, operation: Operation, f
             progress.advance(bar)
 
         with ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix="node") as pool:
-            list(pool.map(one, targets))
+            futures = [pool.submit(one, t) for t in targets]
+            try:
+                pending = set(futures)
+                while pending:  # timed waits, so Ctrl-C reaches this thread
+                    _, pending = wait(pending, timeout=0.2)
+            except KeyboardInterrupt:
+                CANCEL.set()  # running commands stop; hosts not started yet are skipped
+                for future in futures:
+                    future.cancel()
+                raise
     return [results[t.name] for t in targets]
 
 

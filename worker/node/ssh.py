@@ -31,6 +31,8 @@ DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 _known_hosts_lock = threading.Lock()
+# Set on Ctrl-C: every running command (e.g. logs --follow) ends and its host reports "interrupted".
+CANCEL = threading.Event()
 
 
 class NodeError(Exception):
@@ -226,6 +228,8 @@ class Session:
                     got = True
                 if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
                     break
+                if CANCEL.is_set():
+                    raise NodeError("interrupted")
                 if deadline is not None and time.monotonic() > deadline:
                     raise NodeError(f"command timed out after {limit:g}s: {_short(command)}")
                 if not got:
