@@ -120,3 +120,46 @@ def test_status_without_an_agent_says_so(tmp_path: Path):
     assert out.returncode == 1 and "no state file" in out.stdout
     missing = pool_agent("status", "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_a_dead_agent_is_told_apart_from_a_stopped_one(tmp_path: Path):
+    from dataclasses import asdict
+
+    from worker.agent.state import STATE_FILE
+
+    (tmp_path / STATE_FILE).write_text(json.dumps(asdict(AgentState(state="busy", pid=2**22 + 12345, task_id="t-1"))))
+    out = pool_agent("status", "--control-dir", str(tmp_path), "--json")
+    report = json.loads(out.stdout)
+    assert out.returncode == 1 and report["state"] == "dead" and report["last_state"] == "busy"
+    assert "dead (last state busy" in pool_agent("status", "--control-dir", str(tmp_path)).stdout
+
+
+def test_state_file_is_never_seen_half_written(tmp_path: Path):
+    import threading
+
+    from worker.agent.state import StateFile
+
+    state = StateFile(tmp_path, worker_id="w", pool=None, driver="process")
+    state.start()
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            state.task_started(f"task-{n}" * 50, 1)  # long ids: bigger writes
+            state.task_ended(finished=n % 2 == 0)
+            n += 1
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        reads = 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            assert read_state(tmp_path) is not None  # parses every time
+            reads += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert reads > 100
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
