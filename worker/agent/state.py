@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -25,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "agent-state.json"
 DRAIN_FILE = "drain"
@@ -129,11 +132,9 @@ class StateFile:
         try:
             self.control_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            import logging
-
-            logging.getLogger(__name__).warning("cannot create the control directory %s: %s", self.control_dir, exc)
+            log.warning("cannot create the control directory %s: %s", self.control_dir, exc)
         with self._lock:
-            self.current.drain_requested = drain_requested(self.control_dir)
+            self._noticed(drain_requested(self.control_dir))
             self._write()
 
     # -- what the receive loop asks --------------------------------------------------------------
@@ -141,7 +142,7 @@ class StateFile:
         """Checked before each receive call: False while draining (the state then says `drained`)."""
         draining = drain_requested(self.control_dir)
         with self._lock:
-            self.current.drain_requested = draining
+            self._noticed(draining)
             if self.current.task_id is None:
                 self._set("drained" if draining else "idle")
             elif self.current.state in ("busy", "draining"):  # a task in hand: only the label changes
@@ -155,7 +156,7 @@ class StateFile:
         with self._lock:
             if self.current.task_id is None:
                 return
-            self.current.drain_requested = draining
+            self._noticed(draining)
             self._set("draining" if draining else "busy")
 
     def track_heartbeats(self, reporter: Any) -> None:
@@ -197,6 +198,12 @@ class StateFile:
             self.current.task_id = self.current.task_attempt = self.current.task_since = None
             self._set("stopped", force=True)
 
+    def _noticed(self, draining: bool) -> None:  # with self._lock held
+        if draining != self.current.drain_requested:
+            log.info("drain %s: %s", "requested" if draining else "lifted",
+                     "taking no new task" if draining else "taking tasks again")
+        self.current.drain_requested = draining
+
     def _set(self, state: str, force: bool = False) -> None:  # with self._lock held
         changed = state != self.current.state
         self.current.state = state
@@ -209,6 +216,4 @@ class StateFile:
             write_atomic(self.path, json.dumps(asdict(self.current), indent=1) + "\n")
             self._written = time.monotonic()
         except OSError as exc:  # the state file is for operators: never let it stop the agent
-            import logging
-
-            logging.getLogger(__name__).warning("cannot write the state file %s: %s", self.path, exc)
+            log.warning("cannot write the state file %s: %s", self.path, exc)

@@ -123,4 +123,4 @@ def print_outputs(results: list[HostResult], out: Console) -> None:
     for result in results:
         if result.row.output:
             out.print(f"[bold]── {escape(result.target.name)} ──[/]")
-            out.print(result.row.output.rstrip("\n"), markup=False, highlight=False)
+            out.print(result.row.output.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
