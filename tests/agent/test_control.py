@@ -39,7 +39,9 @@ def test_state_follows_idle_busy_idle_and_status_reads_it(pool, tmp_path: Path):
     pool.start_agent(control_dir=str(control), pool="demo-pool")
     idle = wait_state(control, lambda s: s.state == "idle")
     assert idle.task_id is None and idle.pool == "demo-pool" and idle.driver == "process" and idle.version
-    task = pool.python("import time; time.sleep(3); print('ok')")
+    gate = tmp_path / "gate"  # the task runs until the test has looked (no race with a loaded machine)
+    task = pool.python(f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.1)\n"
+                       "time.sleep(1.5); print('ok')")
     pool.send(task)
     busy = wait_state(control, lambda s: s.state == "busy")
     assert busy.task_id == task.task_id and busy.task_attempt == 1 and busy.task_since
@@ -49,10 +51,11 @@ def test_state_follows_idle_busy_idle_and_status_reads_it(pool, tmp_path: Path):
     assert report["state"] == "busy" and report["task_id"] == task.task_id and report["running"] is True
     human = pool_agent("status", "--control-dir", str(control))
     assert "busy" in human.stdout and task.task_id in human.stdout
+    gate.touch()
     assert pool.collector.wait_terminal(task.task_id).state.value == "finished"
     done = wait_state(control, lambda s: s.state == "idle" and s.tasks_done == 1)
     assert done.tasks_failed == 0 and done.task_id is None
-    assert done.last_report_at is not None  # heartbeats (0.5 s) during the 3 s task, presence reports when idle
+    assert done.last_report_at is not None  # heartbeats (0.5 s) during the task, presence reports when idle
 
     failing = pool.python("raise SystemExit(3)")
     pool.send(failing)
@@ -64,7 +67,9 @@ def test_drain_finishes_the_task_keeps_the_next_queued_across_a_restart_until_re
     control = tmp_path / "control"
     pool.start_agent(control_dir=str(control))
     wait_state(control, lambda s: s.state == "idle")
-    first = pool.python("import time; time.sleep(4); print('first done')")
+    gate = tmp_path / "gate"
+    first = pool.python(f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.1)\n"
+                        "print('first done')")
     pool.send(first)
     wait_state(control, lambda s: s.state == "busy")
 
@@ -73,6 +78,7 @@ def test_drain_finishes_the_task_keeps_the_next_queued_across_a_restart_until_re
     wait_state(control, lambda s: s.state == "draining" and s.task_id == first.task_id, timeout=5)
     second = pool.python("print('second done')")
     pool.send(second)
+    gate.touch()
 
     assert pool.collector.wait_terminal(first.task_id, timeout=30).state.value == "finished"
     assert b"first done" in pool.log(first)

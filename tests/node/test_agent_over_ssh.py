@@ -52,7 +52,9 @@ def test_status_drain_resume_over_ssh(pool, sshd, user_key, tmp_path):
     rc, out = node(*common, "status")
     assert rc == 0 and "idle" in out and "0/0" in out and "1 ok, 0 failed" in out, out
 
-    first = pool.python("import time; time.sleep(5); print('first')")
+    gate = tmp_path / "gate"  # the first task runs until the test has seen it busy and draining
+    first = pool.python(f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.1)\n"
+                        "print('first')")
     pool.send(first)
     wait_until(lambda: (s := read_state(control)) and s.state == "busy", what="agent busy")
     rc, out = node(*common, "status")
@@ -62,6 +64,7 @@ def test_status_drain_resume_over_ssh(pool, sshd, user_key, tmp_path):
     assert rc == 0 and ("draining" in out or "drain pending" in out), out
     second = pool.python("print('second')")
     pool.send(second)
+    gate.touch()
     assert pool.collector.wait_terminal(first.task_id, timeout=30).state.value == "finished"
     rc, out = node(*common, "drain", "--wait", "30")  # already drained: returns at once, says so
     assert rc == 0 and "drained" in out and "1/0" in out, out

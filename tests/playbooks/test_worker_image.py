@@ -380,7 +380,7 @@ def test_pool_node_first_contact_then_status_idle_then_busy(worker: Worker, pool
     rc, out = _node(worker, "status")
     assert rc == 0 and "active" in out and "idle" in out, out
     # The state file is the operator's (root's), not the sandboxed task's: a task cannot see it.
-    probe = pool.submit(["python", "-c", ("import os, time; time.sleep(6); "
+    probe = pool.submit(["python", "-c", ("import os, time; time.sleep(12); "
                          "print('state file visible:', os.path.exists('/var/lib/pool-agent/agent-state.json'))")])
     pool.statuses(probe, {"running"}, timeout=60)
     rc, out = _node(worker, "status")
@@ -391,7 +391,7 @@ def test_pool_node_first_contact_then_status_idle_then_busy(worker: Worker, pool
 
 
 def test_pool_node_drain_finishes_the_task_and_takes_no_new_one_until_resume(worker: Worker, pool: Pool):
-    first = pool.submit(["python", "-c", "import time; time.sleep(8); print('first finished')"])
+    first = pool.submit(["python", "-c", "import time; time.sleep(15); print('first finished')"])
     pool.statuses(first, {"running"}, timeout=60)
     rc, out = _node(worker, "drain")
     assert rc == 0 and ("draining" in out or "drain pending" in out), out
