@@ -222,3 +222,16 @@ def test_streamed_output_and_interrupt(sshd, user_key, tmp_path):
         CANCEL.clear()
     assert [text for _, text in lines] == ["line 1", "line 2", "line 3"]
     assert lines[2][0] - lines[0][0] > 1.0  # streamed one by one, not at the end
+
+
+def test_become_runs_through_sudo_without_prompting(sshd, user_key, tmp_path):
+    import shutil
+
+    if not shutil.which("sudo"):
+        pytest.skip("sudo is not installed (scripts/install-system-deps)")
+    args = base_args(user_key, trusted(tmp_path, sshd), sshd)
+    probe = "echo \"uid=$(id -u) it's $SUDO_USER\""  # quotes and $ survive the sudo -n sh -c wrapping
+    rc, out = node(*args, "--become", "exec", "--", probe)
+    assert rc == 0 and "uid=0 it's root" in out, out
+    rc, out = node(*args, "exec", "--", probe)  # control: without --become, no SUDO_USER
+    assert rc == 0 and "uid=0 it's" in out and "it's root" not in out, out

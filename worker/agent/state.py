@@ -92,6 +92,16 @@ def read_state(control_dir: Path) -> AgentState | None:
     return AgentState.from_dict(data)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def drain_requested(control_dir: Path) -> bool:
     return (control_dir / DRAIN_FILE).exists()
 
@@ -133,6 +143,15 @@ class StateFile:
             self.control_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             log.warning("cannot create the control directory %s: %s", self.control_dir, exc)
+        other = None
+        try:
+            other = read_state(self.control_dir)
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable or from an older format: ours replaces it
+        if other is not None and other.state != "stopped" and other.pid != os.getpid() and _alive(other.pid):
+            log.warning("control directory %s is also used by the running agent pid %d (%s): give each agent "
+                        "its own control_dir, or their states and drain flags mix", self.control_dir, other.pid,
+                        other.worker_id)
         with self._lock:
             self._noticed(drain_requested(self.control_dir))
             self._write()
