@@ -14,7 +14,7 @@ import pytest
 from tests.node.test_ssh import node
 from worker.agent.state import read_state
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from worker.cli import app
 
+pytestmark = pytest.mark.root  # sshd test servers (tests/fixtures/sshd.py)
+
 
 def node(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(app, ["node", *args], env={"COLUMNS": "200"})
