@@ -110,12 +110,21 @@ def _sections(raw: bytes) -> list[tuple[int, int, int]]:
         end = _value_end(raw, body)
         out.append((code, pos, end))
         pos = end
-    codes = [c for c, _, _ in out]
-    repeatable = (DATA, AMQP_SEQUENCE)
-    if codes != sorted(codes) or len([c for c in codes if c not in repeatable]) != len(
-            set(codes) - set(repeatable)):
-        raise CodecError("message sections out of order or repeated")
+    _check_order([c for c, _, _ in out])
     return out
+
+
+def _check_order(codes: list[int]) -> None:
+    """Sections in the order the spec gives, except delivery annotations: the Python SDK writes them
+    after the body on purpose, so they may stand anywhere (once). One kind of body only."""
+    if codes.count(DELIVERY_ANNOTATIONS) > 1:
+        raise CodecError("message sections out of order or repeated: two delivery-annotations sections")
+    ordered = [c for c in codes if c != DELIVERY_ANNOTATIONS]
+    bodies = {c for c in ordered if DATA <= c <= AMQP_VALUE}
+    if (ordered != sorted(ordered) or len(bodies) > 1 or ordered.count(AMQP_VALUE) > 1
+            or any(ordered.count(c) > 1 for c in (HEADER, MESSAGE_ANNOTATIONS, PROPERTIES,
+                                                   APPLICATION_PROPERTIES, FOOTER))):
+        raise CodecError("message sections out of order or repeated")
 
 
 def _decodes_fully(raw: bytes) -> bool:
@@ -175,7 +184,7 @@ class IncomingMessage:
 def parse_message(raw: bytes, sections: list[tuple[int, int, int]] | None = None) -> IncomingMessage:
     sections = _sections(raw) if sections is None else sections
     msg = IncomingMessage(bare=b"")
-    bare_start = None
+    bare: list[tuple[int, int]] = []  # (start, end) of the bare message's sections, merged when adjacent
     for code, start, end in sections:
         if code == HEADER:
             fields = _section_value(raw[start:end]) or []
@@ -191,10 +200,46 @@ def parse_message(raw: bytes, sections: list[tuple[int, int, int]] | None = None
             msg.message_id = fields[0]
             if fields[8] is not None:
                 msg.absolute_expiry_ms = int(fields[8])
-        if code in _BARE and bare_start is None:
-            bare_start = start
-    msg.bare = bytes(raw[bare_start:]) if bare_start is not None else b""
+        if code in _BARE:  # delivery annotations are per hop: never part of what is stored
+            if bare and bare[-1][1] == start:
+                bare[-1] = (bare[-1][0], end)
+            else:
+                bare.append((start, end))
+    msg.bare = b"".join(bytes(raw[s:e]) for s, e in bare)
     return msg
+
+
+def with_message_id(bare: bytes, message_id: str) -> bytes:
+    """The bare message with ``message_id`` set in its properties (Azure assigns one when the sender
+    gives none). Spliced at the byte level: every other field stays exactly as the sender encoded it."""
+    sections = _sections(bare)
+    new_id = _str(message_id)
+    for code, start, end in sections:
+        if code != PROPERTIES:
+            continue
+        pos = _value_end(bare, start + 1)  # past the descriptor
+        head, kind = bare[start:pos], bare[pos]
+        if kind == 0x45:  # list0: no fields at all
+            items, count = b"", 0
+        elif kind == 0xC0:
+            count, items = bare[pos + 2], bare[pos + 3:end]
+        elif kind == 0xD0:
+            count, items = int.from_bytes(bare[pos + 5:pos + 9], "big"), bare[pos + 9:end]
+        else:
+            raise CodecError("the properties section is not a list")
+        if count and items[:1] != b"\x40":
+            return bare  # the sender gave an id
+        rest = items[1:] if count else b""
+        count = max(count, 1)
+        return bare[:start] + head + _list(count, new_id + rest) + bare[end:]
+    props = b"\x00\x53\x73" + _list(1, new_id)
+    return props + bare  # properties come first in the bare message
+
+
+def _list(count: int, items: bytes) -> bytes:
+    if len(items) + 1 < 256 and count < 256:
+        return b"\xc0" + bytes([len(items) + 1, count]) + items
+    return b"\xd0" + (len(items) + 4).to_bytes(4, "big") + count.to_bytes(4, "big") + items
 
 
 def _binary_payload(raw: bytes, start: int, end: int) -> bytes | None:
@@ -328,6 +373,9 @@ _K_LOCKED_UNTIL = _sym(b"x-opt-locked-until")
 _K_LOCK_TOKEN = _sym(b"x-opt-lock-token")
 _K_SCHEDULED = _sym(b"x-opt-scheduled-enqueue-time")
 _K_DEADLETTER_SOURCE = _sym(b"x-opt-deadletter-source")
+_K_STATE = _sym(b"x-opt-message-state")
+MESSAGE_STATES = {"active": 0, "deferred": 1, "scheduled": 2}  # Azure's x-opt-message-state values
+_STATE_VALUES = {name: b"\x81" + v.to_bytes(8, "big") for name, v in MESSAGE_STATES.items()}
 
 
 def _str(text: str) -> bytes:
@@ -364,11 +412,12 @@ def encode_header_fast(delivery_count: int, durable: bool = False, priority: int
 
 def encode_annotations_fast(client: tuple[int, bytes], sequence_number: int, enqueued_ms: int,
                             locked_until_ms: int | None = None, lock_token: uuid.UUID | None = None,
-                            scheduled_ms: int | None = None, deadletter_source: str | None = None) -> bytes:
+                            scheduled_ms: int | None = None, deadletter_source: str | None = None,
+                            state: str = "active") -> bytes:
     count, items = client
     parts = [items, _K_SEQUENCE, b"\x81", sequence_number.to_bytes(8, "big", signed=True), _K_ENQUEUED,
-             _ts(enqueued_ms)]
-    count += 4
+             _ts(enqueued_ms), _K_STATE, _STATE_VALUES[state]]
+    count += 6
     if locked_until_ms is not None:
         parts += [_K_LOCKED_UNTIL, _ts(locked_until_ms)]
         count += 2

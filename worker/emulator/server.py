@@ -119,7 +119,8 @@ class ConsumerLink:
                 if dlv.remote.undeliverable:
                     broker.defer(token)
                 else:
-                    broker.abandon(token, count_delivery=bool(dlv.remote.failed))
+                    # Azure counts every abandon, with or without delivery-failed (the JS SDK omits it)
+                    broker.abandon(token)
             elif state == Delivery.RELEASED:
                 broker.release(token)
             else:
