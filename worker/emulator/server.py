@@ -27,6 +27,7 @@ from worker.emulator.auth import AuthError, Authority, Grant, entity_path
 from worker.emulator.broker import Broker, BrokerError, Entity
 from worker.emulator.broker import Message as StoredMessage
 from worker.emulator.config import Right
+from worker.emulator.frames import DeliveryIdFixer
 from worker.emulator.management import status_reply
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,7 @@ class AmqpConnection(asyncio.Protocol):
         self.connection.collect(self.collector)
         self.transport.bind(self.connection)
         self.reply_links: dict[str, list[tuple[Link, OutLink]]] = {CBS: [], MANAGEMENT: []}
+        self.fixer = DeliveryIdFixer()  # AutoLockRenewer's out-of-order ids
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -282,6 +284,7 @@ class AmqpConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        data = self.fixer.incoming(data)
         try:
             while data:
                 capacity = self.transport.capacity()
@@ -298,6 +301,8 @@ class AmqpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.fixer.rewritten:
+            log.info("renumbered %d out-of-sequence transfers on a closed connection", self.fixer.rewritten)
         self.server.connections.discard(self)
         if self._tick:
             self._tick.cancel()
@@ -334,7 +339,7 @@ class AmqpConnection(asyncio.Protocol):
                     break
                 out = self.transport.peek(pending)
                 self.transport.pop(len(out))
-                self.sock.write(out)
+                self.sock.write(self.fixer.outgoing(out))
             deadline = self.transport.tick(time.monotonic())
             if deadline and not self._tick:
                 loop = asyncio.get_running_loop()
