@@ -222,3 +222,26 @@ def test_development_emulator_connection_string(js, queue_factory, emulator):
     plain_tls = conn.replace(";UseDevelopmentEmulator=true", "")
     err = js("peek", queue=q, conn=plain_tls, expect_error=True, timeout=90)
     assert err["message"]
+
+
+def test_error_codes_match_service_bus(js, queue_factory, emulator):
+    """Each failure carries the AMQP condition Azure uses, so the SDK reports the documented
+    ServiceBusError code (the condition -> code mapping of @azure/core-amqp and @azure/service-bus)."""
+    from worker.emulator.launcher import generate_key
+
+    key = generate_key()
+    q = queue_factory(lock_duration="PT1S", max_message_size_kb=64,
+                      policies=[{"name": "listener", "key": key, "rights": ["Listen"]}])
+    forged = emulator.connection_string("listener", entity=q).replace(key, generate_key())
+    codes = js("errors", queue=q, lockMs=1000, tooLargeBytes=100_000, timeout=120,
+               listenConn=emulator.connection_string("listener", entity=q), forgedConn=forged)
+    assert codes == {
+        "sendUnknownQueue": "MessagingEntityNotFound",       # amqp:not-found, "... could not be found"
+        "receiveUnknownQueue": "MessagingEntityNotFound",
+        "tooLarge": "MessageSizeExceeded",                   # amqp:link:message-size-exceeded
+        "deferredNotFound": "MessageNotFound",               # com.microsoft:message-not-found
+        "completeAfterLockExpired": "MessageLockLost",       # com.microsoft:message-lock-lost
+        "renewAfterLockExpired": "MessageLockLost",
+        "sendWithoutSendRight": "UnauthorizedAccess",        # amqp:unauthorized-access
+        "badSignature": "UnauthorizedAccess",
+    }

@@ -179,6 +179,56 @@ const scenarios = {
   },
 };
 
+async function codeOf(fn) {
+  try {
+    await fn();
+    return "no error";
+  } catch (err) {
+    return err.code ?? err.name;
+  }
+}
+
+// each failure the broker can return, as the SDK reports it (ServiceBusError.code)
+scenarios.errors = async (client, a) => {
+  const out = {};
+  out.sendUnknownQueue = await codeOf(async () => {
+    const s = client.createSender(`${a.queue}-missing`);
+    try { await s.sendMessages({ body: Buffer.from("x"), messageId: "1" }); } finally { await s.close(); }
+  });
+  out.receiveUnknownQueue = await codeOf(async () => {
+    const r = client.createReceiver(`${a.queue}-missing`);
+    try { await r.receiveMessages(1, { maxWaitTimeInMs: 2000 }); } finally { await r.close(); }
+  });
+  out.tooLarge = await codeOf(async () => {
+    const s = client.createSender(a.queue);
+    try { await s.sendMessages({ body: Buffer.alloc(a.tooLargeBytes), messageId: "big" }); } finally { await s.close(); }
+  });
+  const sender = client.createSender(a.queue);
+  await sender.sendMessages([{ body: Buffer.from("a"), messageId: "a" }, { body: Buffer.from("b"), messageId: "b" }]);
+  await sender.close();
+  // the JS receiver renews locks on its own by default: switch that off to let them expire
+  const r = client.createReceiver(a.queue, { ...RECEIVE, maxAutoLockRenewalDurationInMs: 0 });
+  const got = await receive(r, 2);
+  out.deferredNotFound = await codeOf(() => r.receiveDeferredMessages(got[1].sequenceNumber.add(987654)));
+  await new Promise((res) => setTimeout(res, a.lockMs + 700));
+  out.completeAfterLockExpired = await codeOf(() => r.completeMessage(got[0]));
+  out.renewAfterLockExpired = await codeOf(() => r.renewMessageLock(got[1]));
+  await r.close();
+  const listen = new ServiceBusClient(a.listenConn, { retryOptions: { maxRetries: 0, timeoutInMs: 15000 } });
+  out.sendWithoutSendRight = await codeOf(async () => {
+    const s = listen.createSender(a.queue);
+    try { await s.sendMessages({ body: Buffer.from("x"), messageId: "x" }); } finally { await s.close(); }
+  });
+  await listen.close();
+  const forged = new ServiceBusClient(a.forgedConn, { retryOptions: { maxRetries: 0, timeoutInMs: 15000 } });
+  out.badSignature = await codeOf(async () => {
+    const s = forged.createSender(a.queue);
+    try { await s.sendMessages({ body: Buffer.from("x"), messageId: "x" }); } finally { await s.close(); }
+  });
+  await forged.close();
+  return out;
+};
+
 async function main() {
   const [name, json] = process.argv.slice(2);
   const args = JSON.parse(json ?? "{}");
