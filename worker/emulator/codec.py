@@ -181,14 +181,76 @@ class IncomingMessage:
         return str(self.message_id)
 
 
+class _Complex(Exception):
+    """A value the fast scalar reader leaves to proton's decoder."""
+
+
+def _scalar(raw: bytes, pos: int) -> Any:
+    """The scalar AMQP value at ``pos`` (the types header and properties fields use)."""
+    code = raw[pos]
+    if code == 0x40:
+        return None
+    if code in (0x41, 0x42):
+        return code == 0x41
+    if code == 0x56:
+        return raw[pos + 1] == 1
+    if code in (0x43, 0x44):
+        return 0
+    if code in (0x50, 0x52, 0x53):
+        return raw[pos + 1]
+    if code == 0x70:
+        return int.from_bytes(raw[pos + 1:pos + 5], "big")
+    if code == 0x80:
+        return ulong(int.from_bytes(raw[pos + 1:pos + 9], "big"))
+    if code == 0x83:
+        return int.from_bytes(raw[pos + 1:pos + 9], "big", signed=True)
+    if code == 0x98:
+        return uuid.UUID(bytes=bytes(raw[pos + 1:pos + 17]))
+    if code == 0xA0:
+        return bytes(raw[pos + 2:pos + 2 + raw[pos + 1]])
+    if code == 0xB0:
+        n = int.from_bytes(raw[pos + 1:pos + 5], "big")
+        return bytes(raw[pos + 5:pos + 5 + n])
+    if code in (0xA1, 0xA3):
+        return bytes(raw[pos + 2:pos + 2 + raw[pos + 1]]).decode()
+    if code in (0xB1, 0xB3):
+        n = int.from_bytes(raw[pos + 1:pos + 5], "big")
+        return bytes(raw[pos + 5:pos + 5 + n]).decode()
+    raise _Complex
+
+
+def _list_fields(raw: bytes, start: int, end: int, wanted: int) -> list[Any]:
+    """The first ``wanted`` fields of a described-list section (missing ones are None), read
+    without proton's decoder (the hot path of every send)."""
+    pos = _value_end(raw, start + 1)  # past the descriptor
+    code = raw[pos]
+    if code == 0x45:
+        return [None] * wanted
+    if code == 0xC0:
+        count, pos = raw[pos + 2], pos + 3
+    elif code == 0xD0:
+        count, pos = int.from_bytes(raw[pos + 5:pos + 9], "big"), pos + 9
+    else:
+        raise CodecError("section is not a list")
+    out = []
+    for _ in range(min(count, wanted)):
+        out.append(_scalar(raw, pos))
+        pos = _value_end(raw, pos)
+    if pos > end:
+        raise CodecError("truncated section")
+    return out + [None] * (wanted - len(out))
+
+
 def parse_message(raw: bytes, sections: list[tuple[int, int, int]] | None = None) -> IncomingMessage:
     sections = _sections(raw) if sections is None else sections
     msg = IncomingMessage(bare=b"")
     bare: list[tuple[int, int]] = []  # (start, end) of the bare message's sections, merged when adjacent
     for code, start, end in sections:
         if code == HEADER:
-            fields = _section_value(raw[start:end]) or []
-            fields = list(fields) + [None] * (5 - len(fields))
+            try:
+                fields = _list_fields(raw, start, end, 3)
+            except _Complex:
+                fields = list(_section_value(raw[start:end]) or []) + [None] * 3
             msg.durable = bool(fields[0])
             msg.priority = fields[1]
             msg.ttl_ms = int(fields[2]) if fields[2] is not None else None
@@ -196,7 +258,10 @@ def parse_message(raw: bytes, sections: list[tuple[int, int, int]] | None = None
             value = _section_value(raw[start:end]) or {}
             msg.annotations = dict(value) if isinstance(value, dict) else {}
         elif code == PROPERTIES:
-            fields = list(_section_value(raw[start:end]) or []) + [None] * 13
+            try:
+                fields = _list_fields(raw, start, end, 9)
+            except _Complex:
+                fields = list(_section_value(raw[start:end]) or []) + [None] * 13
             msg.message_id = fields[0]
             if fields[8] is not None:
                 msg.absolute_expiry_ms = int(fields[8])

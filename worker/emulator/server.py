@@ -20,6 +20,14 @@ import uuid
 from collections import deque
 from typing import Any
 
+from cproton import (
+    isnull,
+    pn_collector_peek,
+    pn_collector_pop,
+    pn_event_delivery,
+    pn_event_link,
+    pn_event_type,
+)
 from proton import Collector, Condition, Connection, Delivery, Event, Link, Message, Transport, symbol
 
 from worker.emulator import codec
@@ -354,18 +362,28 @@ class AmqpConnection(asyncio.Protocol):
         self.touch()
 
     def _process(self) -> None:
+        # Raw event loop over proton's collector: wrapping every event in Python (Event.wrap wraps
+        # its delivery, link, session, connection and transport) was the broker's largest CPU cost,
+        # and most events (transport, local state changes) need nothing from us.
+        impl = self.collector._impl
         while True:
-            event = self.collector.peek()
-            if event is None:
+            raw = pn_collector_peek(impl)
+            if isnull(raw):
                 break
+            kind = pn_event_type(raw)
             try:
-                self._dispatch(event)
+                if kind == _DELIVERY:
+                    self._delivery(Delivery.wrap(pn_event_delivery(raw)))
+                elif kind == _LINK_FLOW:
+                    self._flow(Link.wrap(pn_event_link(raw)))
+                elif kind in _HANDLED:
+                    self._dispatch(Event.wrap(raw))
             except Exception:
-                log.exception("error handling %s", event.type)
+                log.exception("error handling proton event %s", kind)
                 cond = Condition("amqp:internal-error", "emulator failed handling the request")
                 self.connection.condition = cond
                 self.connection.close()
-            self.collector.pop()
+            pn_collector_pop(impl)
 
     def _dispatch(self, event: Event) -> None:
         t = event.type
@@ -376,10 +394,6 @@ class AmqpConnection(asyncio.Protocol):
             event.session.open()
         elif t == Event.LINK_REMOTE_OPEN:
             self._attach(event.link)
-        elif t == Event.LINK_FLOW:
-            self._flow(event.link)
-        elif t == Event.DELIVERY:
-            self._delivery(event.delivery)
         elif t == Event.LINK_REMOTE_CLOSE or t == Event.LINK_REMOTE_DETACH:
             self._detach(event.link)
             if event.link.state & Link.LOCAL_ACTIVE:
@@ -551,6 +565,12 @@ class AmqpConnection(asyncio.Protocol):
             log.info("no reply link for %s reply to %r; dropping", kind, reply_to)
             return
         chosen.send(message.encode())
+
+
+_DELIVERY, _LINK_FLOW = Event.DELIVERY.number, Event.LINK_FLOW.number
+_HANDLED = frozenset(e.number for e in (
+    Event.CONNECTION_REMOTE_OPEN, Event.SESSION_REMOTE_OPEN, Event.LINK_REMOTE_OPEN, Event.LINK_REMOTE_CLOSE,
+    Event.LINK_REMOTE_DETACH, Event.SESSION_REMOTE_CLOSE, Event.CONNECTION_REMOTE_CLOSE, Event.TRANSPORT_ERROR))
 
 
 def _wants_session(link: Link) -> bool:

@@ -147,8 +147,17 @@ class Store:
             return
         self._db.execute("BEGIN")
         try:
-            for sql, params in ops:
-                self._db.execute(sql, params)
+            i, n = 0, len(ops)
+            while i < n:  # runs of the same statement (a turn's inserts, deletes) go in one call
+                sql = ops[i][0]
+                j = i + 1
+                while j < n and ops[j][0] == sql:
+                    j += 1
+                if j - i == 1:
+                    self._db.execute(sql, ops[i][1])
+                else:
+                    self._db.executemany(sql, [params for _, params in ops[i:j]])
+                i = j
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
