@@ -147,6 +147,8 @@ class DeliveryIdFixer:
         if count >= 2:
             next_outgoing = _uint_at(frame, _value_end(frame, first))
             self._expected[channel] = next_outgoing or 0
+        self._client_ids.pop(channel, None)  # a new session on this channel: nothing in flight
+        self._current = {k: v for k, v in self._current.items() if k[0] != channel}
         self._begins_pending += 1
 
     def _transfer(self, frame: bytes, body_at: int) -> bytes:
