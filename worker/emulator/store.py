@@ -1,13 +1,12 @@
 """Durable state: queues, messages and duplicate-detection history in SQLite (WAL mode).
 
-Writes of one event-loop turn are collected and committed in one transaction with the callbacks
-that acknowledge them (:meth:`Store.submit`): on the loop by default, or by a writer thread that
-groups the turns piling up during one fsync (``POOL_EMULATOR_GROUP_COMMIT=1``). The callbacks run
-only after the commit, in submission order. So an acknowledged operation (a send, a ``$management``
-reply, a runtime queue) is on disk (``synchronous=FULL`` fsyncs the WAL) and survives a kill -9 and
-power loss. Commits nobody waits for (settlements, already echoed to the client) skip the fsync:
-they survive a kill -9 all the same, and the next fsync makes them power-safe. Locks are
-deliberately not stored: after a restart every message is unlocked and delivered again.
+Writes of one event-loop turn are collected and handed, with the callbacks that acknowledge them, to
+a writer thread (:meth:`Store.submit`). The writer commits everything that is waiting in one
+transaction (group commit: while one fsync runs, the next batch builds up) and only then runs the
+callbacks back on the event loop, in submission order. So an acknowledged operation is on disk
+(``synchronous=FULL`` fsyncs the WAL on every commit) and survives a kill -9, and the event loop never
+waits for the disk. Locks are deliberately not stored: after a restart every message is unlocked
+and delivered again.
 """
 
 from __future__ import annotations
@@ -84,8 +83,6 @@ class Store:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._full = synchronous.upper() == "FULL"
-        self._mode = synchronous.upper()  # the mode the connection is in now
         self._db.executescript(SCHEMA)
         self._ops: list[Op] = []
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -145,19 +142,9 @@ class Store:
     def forget_ids_before(self, now_ms: int) -> None:
         self._ops.append(("DELETE FROM dedup WHERE expires_ms <= ?", (now_ms,)))
 
-    def _apply(self, ops: list[Op], acknowledged: bool = True) -> None:
-        """Commit ``ops`` in one transaction. ``acknowledged``: something waits on this commit (a
-        send, a $management reply), so in FULL mode it is fsynced. Writes nobody waits for
-        (settlements, already echoed; expiries) are committed without the fsync: they survive a
-        process crash or kill -9 like every commit, and the next fsync (the WAL is written in order)
-        makes them power-safe too. Power loss in between can only bring a settled message back."""
+    def _apply(self, ops: list[Op]) -> None:
         if not ops:
             return
-        if self._full:
-            mode = "FULL" if acknowledged else "NORMAL"
-            if mode != self._mode:
-                self._db.execute(f"PRAGMA synchronous={mode}")
-                self._mode = mode
         self._db.execute("BEGIN")
         try:
             i, n = 0, len(ops)
@@ -190,8 +177,8 @@ class Store:
     def submit(self, callbacks: list[Callable[[], None]], run: Callable[[list[Callable[[], None]]], None]) -> None:
         """Commit this turn's writes in the background, then ``run(callbacks)`` on the event loop."""
         ops, self._ops = self._ops, []
-        if self._writer is None:  # inline (the default), or not started (tests of the broker alone)
-            self._apply(ops, acknowledged=bool(callbacks))
+        if self._writer is None:  # not started (tests of the broker alone): synchronous
+            self._apply(ops)
             run(callbacks)
             return
         self._queue.put((ops, callbacks, run))
@@ -213,8 +200,7 @@ class Store:
                     break
                 batch.append(more)
             try:
-                self._apply([op for ops, _, _ in batch for op in ops],
-                            acknowledged=any(callbacks for _, callbacks, _ in batch))
+                self._apply([op for ops, _, _ in batch for op in ops])
             except Exception as exc:  # disk full, I/O error: acknowledge nothing of these turns
                 log.exception("store commit failed; %d turns are not acknowledged", len(batch))
                 self.failed = exc
