@@ -207,8 +207,38 @@ class MarketplaceImage(_Strict):
     version: str = "latest"
 
 
+# The system python3 of well-known marketplace images, by (publisher, offer), lowercase. The agent and
+# the first-boot script (``pip wheel`` of this project) need Python >= MIN_PYTHON: an image listed here
+# with an older one is rejected before anything is deployed. Unlisted images are not checked.
+MIN_PYTHON = (3, 11)
+KNOWN_IMAGE_PYTHON: dict[tuple[str, str], tuple[str, tuple[int, int]]] = {
+    ("debian", "debian-10"): ("Debian 10", (3, 7)),
+    ("debian", "debian-11"): ("Debian 11", (3, 9)),
+    ("debian", "debian-12"): ("Debian 12", (3, 11)),
+    ("debian", "debian-13"): ("Debian 13", (3, 13)),
+    ("canonical", "ubuntuserver"): ("Ubuntu 18.04 or older", (3, 6)),
+    ("canonical", "0001-com-ubuntu-server-focal"): ("Ubuntu 20.04", (3, 8)),
+    ("canonical", "0001-com-ubuntu-server-jammy"): ("Ubuntu 22.04", (3, 10)),
+    ("canonical", "ubuntu-24_04-lts"): ("Ubuntu 24.04", (3, 12)),
+}
+
+
+def marketplace_python_problem(image: MarketplaceImage) -> str | None:
+    """Why ``image`` cannot run the agent (its known python3 is too old), or None."""
+    known = KNOWN_IMAGE_PYTHON.get((image.publisher.lower(), image.offer.lower()))
+    if known is None or known[1] >= MIN_PYTHON:
+        return None
+    name, python = known
+    need = ".".join(map(str, MIN_PYTHON))
+    return (f"{image.publisher}/{image.offer} ({name}) has Python {'.'.join(map(str, python))}; the agent and the "
+            f"first-boot install need Python >= {need}: use Debian 12 (publisher Debian, offer debian-12, "
+            "sku 12-gen2, the default) or Ubuntu 24.04 (publisher Canonical, offer ubuntu-24_04-lts, sku server)")
+
+
+# Debian 12 is the Linux default: its python3 (3.11) runs the agent, and it is what the first-boot
+# proof boots here (tests/playbooks/test_first_boot.py). Ubuntu 24.04 (python3 3.12) also fits.
 DEFAULT_MARKETPLACE = {
-    "linux": MarketplaceImage(publisher="Canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts-gen2"),
+    "linux": MarketplaceImage(publisher="Debian", offer="debian-12", sku="12-gen2"),
     "windows": MarketplaceImage(publisher="MicrosoftWindowsServer", offer="WindowsServer",
                                 sku="2022-datacenter-azure-edition"),
 }
@@ -222,7 +252,11 @@ class InstallSettings(_Strict):
     """How a marketplace Linux image becomes a worker at first boot: cloud-init clones this repository
     (``source`` at ``ref``), builds the wheel and runs the install playbook against localhost."""
 
-    source: str | None = None  # required with a marketplace image: this repository's git URL (https)
+    # Required with a marketplace image: this repository's git URL. https:// for a real pool; file://
+    # names a repository on the VM's own disk (a mirror baked into an image; the first-boot proof
+    # points it at a copy of the checkout). Plain http:// and ssh:// are refused: unauthenticated or
+    # needing keys the VM does not have.
+    source: str | None = None
     ref: str = "main"
     playbook: str = "playbooks/install-worker.yml"
     extra_vars: dict[str, Any] = Field(default_factory=dict)
@@ -230,8 +264,9 @@ class InstallSettings(_Strict):
     @field_validator("source")
     @classmethod
     def _https(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("https://"):
-            raise ValueError("install.source must be an https:// git URL")
+        if v is not None and not v.startswith(("https://", "file:///")):
+            raise ValueError("install.source must be an https:// git URL (or file:///path to a repository on "
+                             "the VM itself)")
         return v
 
 
@@ -288,6 +323,14 @@ class WorkersConfig(_Strict):
             raise ValueError("gallery_image_id must be a Shared Image Gallery image or image version id: "
                              "/subscriptions/…/resourceGroups/…/providers/Microsoft.Compute/galleries/…/images/…"
                              "[/versions/…]")
+        return v
+
+    @field_validator("marketplace_image")
+    @classmethod
+    def _python(cls, v: MarketplaceImage | None) -> MarketplaceImage | None:
+        problem = None if v is None else marketplace_python_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("remote_access_cidr")

@@ -54,7 +54,8 @@ def test_linux_marketplace_image_runs_the_install_playbook(run_stack):
     d = run_stack(linux_config(workers={"install": {"ref": "v1.2", "extra_vars": {"worker_agent_gpus": True}}}))
     vmss = reveal(_vmss(d).inputs)
     image = vmss["virtualMachineProfile"]["storageProfile"]["imageReference"]
-    assert image["publisher"] == "Canonical" and image["version"] == "latest"
+    assert (image["publisher"], image["offer"], image["sku"], image["version"]) == (
+        "Debian", "debian-12", "12-gen2", "latest")
     document = cloud_init(_vmss(d).inputs)
     script = written_file(document, f"{BOOTSTRAP_DIR}/first-boot.sh")
     assert f"git clone --depth 1 --branch v1.2 {REPO} src" in script
