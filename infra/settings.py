@@ -270,6 +270,34 @@ class InstallSettings(_Strict):
         return v
 
 
+class UpgradeConfig(_Strict):
+    """How a new image (or any model change) reaches a scale set's running instances.
+
+    ``Rolling`` (default): batches of new instances are created first (``max_surge``), then old ones
+    are deleted; every deletion is announced as a Terminate scheduled event, so the termination
+    watcher stops the agent, which finishes or hands back its task (lock abandoned) before Azure
+    removes the VM. Azure requires a health signal for rolling upgrades: the Application Health
+    extension probes ``health_port`` over TCP (default: SSH on Linux, RDP on Windows: "the VM is up").
+    ``Manual``: nothing changes until an operator upgrades instances (``az vmss update-instances``).
+    """
+
+    mode: Literal["Manual", "Rolling"] = "Rolling"
+    max_surge: bool = True  # new instances before old ones go: capacity never drops during a roll
+    max_batch_instance_percent: int = Field(default=20, ge=5, le=100)
+    max_unhealthy_instance_percent: int = Field(default=20, ge=5, le=100)
+    max_unhealthy_upgraded_instance_percent: int = Field(default=20, ge=0, le=100)
+    pause_time_between_batches: timedelta = timedelta(minutes=2)
+    health_port: int | None = Field(default=None, ge=1, le=65535)  # default 22 (Linux) / 3389 (Windows)
+
+    @field_validator("pause_time_between_batches")
+    @classmethod
+    def _pause(cls, v: timedelta) -> timedelta:
+        return _between(v, timedelta(seconds=1), timedelta(hours=1), "pause_time_between_batches")
+
+
+HEALTH_PORT = {"linux": 22, "windows": 3389}
+
+
 class WorkersConfig(_Strict):
     os: Literal["linux", "windows"]
     vm_size: str = "Standard_D2s_v5"
@@ -290,6 +318,7 @@ class WorkersConfig(_Strict):
     gallery_image_id: str | None = None  # our image (images/ -> Shared Image Gallery)
     marketplace_image: MarketplaceImage | None = None  # default when no gallery image is given
     install: InstallSettings = Field(default_factory=InstallSettings)
+    upgrade: UpgradeConfig = Field(default_factory=UpgradeConfig)
     admin_username: str = "pooladmin"
     ssh_public_key: str | None = None  # Linux: required (password login is disabled)
     remote_access_cidr: str | None = None  # SSH (22) / WinRM over HTTPS (5986) from this range only
