@@ -47,8 +47,8 @@ def render_custom_data(config: dict[str, Any], queue_key: Callable[[str, str], s
     """Run the whole program (infra.program.build) for ``config`` and return the scale set's custom
     data, decoded. ``queue_key(rule, queue)`` answers listQueueKeys (None: the harness default)."""
     from infra.program import build
-    from infra.settings import parse_stack_config
     from tests.infra.conftest import reveal
+    from worker.stackconfig import parse_stack_config
 
     _usable_event_loop()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import QueueProperties, iso_duration, parse_stack_config
 from tests.infra.conftest import GALLERY, REPO, SSH_KEY, linux_config, windows_config
 from worker.config import ConfigError
+from worker.stackconfig import QueueProperties, iso_duration, parse_stack_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,7 +168,7 @@ def test_a_non_mapping_is_rejected():
 
 
 def test_default_linux_image_is_debian_12_whose_python_runs_the_agent():
-    from infra.settings import MIN_PYTHON, marketplace_python_problem
+    from worker.stackconfig import MIN_PYTHON, marketplace_python_problem
 
     cfg = parse_stack_config(linux_config())
     image = cfg.workers.image
@@ -190,7 +190,7 @@ def test_min_python_matches_the_project():
     """The check guards what pyproject.toml requires: they must not drift apart."""
     import tomllib
 
-    from infra.settings import MIN_PYTHON
+    from worker.stackconfig import MIN_PYTHON
 
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert requires.replace(" ", "") == ">=" + ".".join(map(str, MIN_PYTHON)), requires

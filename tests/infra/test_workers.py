@@ -136,8 +136,8 @@ def test_windows_pool(run_stack):
 
 def test_windows_needs_a_password():
     from infra.program import build
-    from infra.settings import parse_stack_config
     from tests.infra.harness import deploy
+    from worker.stackconfig import parse_stack_config
 
     with pytest.raises(Exception, match="admin password"):
         deploy(build, parse_stack_config(windows_config()), location="westeurope")
@@ -283,8 +283,8 @@ def test_manual_upgrade_has_no_rolling_policy_and_no_health_extension(run_stack)
     ({"pause_time_between_batches": "PT2H"}, "pause_time_between_batches must be between"),
 ])
 def test_bad_upgrade_settings_are_named(upgrade, message):
-    from infra.settings import parse_stack_config
     from worker.config import ConfigError
+    from worker.stackconfig import parse_stack_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_stack_config(linux_config(workers={"upgrade": upgrade}))
