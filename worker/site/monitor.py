@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from azure.servicebus import ServiceBusReceiveMode, ServiceBusReceiver, ServiceBusSubQueue
 from sqlalchemy import select
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.protocol import ProtocolError, decode_task
 from worker.site.db import retrying
-from worker.site.models import ACTIVE, Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import ACTIVE, DeadLetter, Pool, SiteState, TaskEvent, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import list_pools
 from worker.site.producer import Producer, SubmitError
@@ -183,9 +184,11 @@ class Monitor:
             reason = f"dead-lettered: {message.dead_letter_reason or 'unknown reason'}"
             if message.dead_letter_error_description:
                 reason += f": {message.dead_letter_error_description}"
-            if task_id is not None:
-                retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason: _fail_dead_lettered(s, t, a, r))
-            else:
+            record = {"pool": pool.name, "queue": pool.task_queue, "message_id": message.message_id,
+                      "task_id": task_id, "attempt": attempt, "reason": message.dead_letter_reason or "unknown reason",
+                      "description": message.dead_letter_error_description}
+            retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason, d=record: _record_dead_letter(s, t, a, r, d))
+            if task_id is None:
                 log.warning("dead-lettered message %s on %s names no task (%s); dropped",
                             message.message_id, pool.task_queue, reason)
             receiver.complete_message(message)
@@ -224,6 +227,14 @@ def _task_ref(message_id: str | None, body: bytes) -> tuple[str | None, int | No
         return task.task_id, task.attempt
     except ProtocolError:
         return (message_id or None), None
+
+
+def _record_dead_letter(session: Session, task_id: str | None, attempt: int | None, reason: str,
+                        record: dict[str, Any]) -> None:
+    """Kept for the operator (list, resubmit, purge through the API); the task fails with the reason."""
+    session.add(DeadLetter(**record))
+    if task_id is not None:
+        _fail_dead_lettered(session, task_id, attempt, reason)
 
 
 def _fail_dead_lettered(session: Session, task_id: str, attempt: int | None, reason: str) -> None:

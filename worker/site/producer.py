@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
 from worker.site.db import retrying, transaction
-from worker.site.models import Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import Pool, SiteState, TaskEvent, TaskLabel, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import get_pool
 from worker.site.queues import SiteQueues
@@ -50,6 +50,7 @@ class Submission:
     resources: protocol.Resources = field(default_factory=protocol.Resources)
     max_attempts: int = 3
     task_id: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # free-form: participant, submission ids...
 
 
 class Producer:
@@ -78,6 +79,8 @@ class Producer:
         )
         with transaction(self.sessions) as session:
             session.add(row)
+            session.flush()  # the row before its labels (foreign key)
+            session.add_all(TaskLabel(task_id=row.id, key=k, value=v) for k, v in submission.labels.items())
             session.add(TaskEvent(task_id=row.id, attempt=1, seq=-1, state=SiteState.QUEUED.value,
                                   source="site", reason="submitted", reported_at=utcnow()))
         self._send(row, pool)  # the row and pool in hand: no second read before the send
