@@ -213,3 +213,14 @@ class DeadLetter(Base):
     description: Mapped[str | None] = mapped_column(Text)
     dead_lettered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     resubmitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SiteLease(Base):
+    """A lease held by one site replica at a time (``monitor``: resends, lost tasks, dead letters),
+    renewed while it lives, taken over by another replica once expired."""
+
+    __tablename__ = "site_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -47,6 +47,7 @@ class Monitor:
         resend_after_s: float = 5.0,
         interval_s: float = 1.0,
         depth_probe: DepthProbe | None = None,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
         self.sessions = sessions
         self.producer = producer
@@ -55,6 +56,7 @@ class Monitor:
         self.resend_after_s = resend_after_s
         self.interval_s = interval_s
         self.depth_probe = depth_probe
+        self.gate = gate  # replicas: only the holder of the database lease ticks (worker.site.leases)
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._dlq: dict[str, ServiceBusReceiver] = {}
@@ -82,7 +84,8 @@ class Monitor:
     def _run(self) -> None:
         while not self.stop_event.wait(self.interval_s):
             try:
-                self.tick()
+                if self.gate is None or self.gate():
+                    self.tick()
             except Exception as exc:  # noqa: BLE001 - the monitor must outlive a bad tick
                 log.warning("monitor tick failed: %s", exc)
 

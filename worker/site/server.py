@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import secrets
 import signal
 import socket
 import threading
@@ -31,6 +33,8 @@ class SiteService:
         self.config = config
         self.tokens = TokenTable(config.tokens)
         self.stopping = threading.Event()
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.monitor_leader = False
         self.site: Site | None = None  # type: ignore[assignment]
         self.app = None
         self._server = None
@@ -106,6 +110,15 @@ class SiteService:
             return None
         return StoredBundle(container, blob_name, digest, props.size)
 
+    def _monitor_gate(self) -> bool:
+        from worker.site.leases import hold
+
+        held = hold(self.site.sessions, "monitor", self.replica_id, self.config.monitor_lease_s)
+        if held != self.monitor_leader:
+            log.info("replica %s %s the monitor lease", self.replica_id, "took" if held else "lost")
+            self.monitor_leader = held
+        return held
+
     # --- run --------------------------------------------------------------------------------------
     def start(self, *, serve_in_thread: bool = True) -> SiteService:
         """Open the site (migrations, pools), start the watcher and monitor, bind the HTTP port; with
@@ -114,9 +127,9 @@ class SiteService:
 
         self.site = self.open_site()
         try:
-            self.site.start_background(depth_probe=self.monitor_probe
-                                       if self.config.queue_metrics_url or self.config.queue_depth_from_management
-                                       else None)
+            probe = self.monitor_probe if self.config.queue_metrics_url or self.config.queue_depth_from_management \
+                else None
+            self.site.start_background(depth_probe=probe, monitor_gate=self._monitor_gate)
             self.app = create_app(self)
             self._socket = socket.socket(socket.AF_INET6 if ":" in self.config.bind.host else socket.AF_INET)
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,6 +215,15 @@ class SiteService:
             self._socket.close()
             self._socket = None
         if self.site is not None:
+            if self.site.monitor is not None:
+                self.site.monitor.stop()
+            if self.monitor_leader:  # a peer takes over at once, not after the lease expires
+                from worker.site.leases import release
+
+                try:
+                    release(self.site.sessions, "monitor", self.replica_id)
+                except Exception as exc:  # noqa: BLE001 - it expires on its own
+                    log.warning("could not release the monitor lease: %s", exc)
             self.site.close()
             self.site = None  # type: ignore[assignment]
 

@@ -1,4 +1,4 @@
-"""task labels and the dead-letter record (site API)
+"""task labels, the dead-letter record and replica leases (site service)
 
 Revision ID: 9a01
 Revises: 0002
@@ -44,9 +44,17 @@ def upgrade() -> None:
     )
     op.create_index(op.f('ix_dead_letters_pool'), 'dead_letters', ['pool'], unique=False)
     op.create_index(op.f('ix_dead_letters_task_id'), 'dead_letters', ['task_id'], unique=False)
+    op.create_table(
+        'site_leases',
+        sa.Column('name', sa.String(length=64), nullable=False),
+        sa.Column('holder', sa.String(length=128), nullable=False),
+        sa.Column('expires_at', worker.site.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('name'),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('site_leases')
     op.drop_index(op.f('ix_dead_letters_task_id'), table_name='dead_letters')
     op.drop_index(op.f('ix_dead_letters_pool'), table_name='dead_letters')
     op.drop_table('dead_letters')
