@@ -13,6 +13,11 @@ def register(app: typer.Typer) -> None:
     def agent(
         config: Annotated[Path, typer.Option("--config", "-c", help="Agent config file (YAML); see docs/agent.md.")],
         check: Annotated[bool, typer.Option("--check", help="Validate the config and the driver, then exit.")] = False,
+        metrics_port: Annotated[int | None, typer.Option(
+            "--metrics-port", min=0, max=65535, envvar="POOL_AGENT_METRICS_PORT",
+            help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (tasks, failures by kill reason, "
+                 "durations, last report).")] = None,
+        log_format: Annotated[str, typer.Option("--log-format", help="text or json (one object per line).")] = "text",
     ) -> None:
         """Run a worker agent: take tasks one at a time from the pool's queue, run them, stream their
         logs to blobs and report statuses. SIGTERM/Ctrl-C: take no new task, let the current one
@@ -28,10 +33,12 @@ def register(app: typer.Typer) -> None:
         except ConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        logging.basicConfig(level=cfg.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("azure").setLevel(logging.WARNING)
-        logging.getLogger("uamqp").setLevel(logging.WARNING)
+        if log_format not in ("text", "json"):
+            typer.echo("error: --log-format must be text or json", err=True)
+            raise typer.Exit(2)
+        from worker.util.logs import configure_logging
+
+        configure_logging(log_format, cfg.log_level.upper())
         from worker.agent.signals import stop_on_signals
         from worker.agent.worker import Agent
 
@@ -44,5 +51,15 @@ def register(app: typer.Typer) -> None:
         if check:
             typer.echo(f"config OK; driver {worker.driver.name} available; worker id {worker.worker_id}")
             return
+        if metrics_port is not None:
+            from worker.agent.metrics import AgentMetrics
+
+            worker.metrics = AgentMetrics(worker.worker_id, cfg.pool or cfg.servicebus.task_queue)
+            port = worker.metrics.serve(metrics_port)
+            logging.getLogger("worker.agent").info("metrics: http://127.0.0.1:%d/metrics", port)
         stop_on_signals(stop)
-        raise typer.Exit(worker.run())
+        try:
+            raise typer.Exit(worker.run())
+        finally:
+            if worker.metrics is not None:
+                worker.metrics.close()

@@ -111,6 +111,7 @@ class StatusSender:
         self._to_open: list[str] = []  # response queues whose link to attach ahead of the first status
         self._presence: tuple[str, PresenceSource, float] | None = None  # (queue, source, interval)
         self._next_presence = float("inf")
+        self.on_sent: Callable[[], None] | None = None  # after each batch sent (the agent's metrics)
 
     def warm(self, queue: str) -> None:
         """Attach the link to ``queue`` now, in the background: attaching costs ~0.5 s, which the
@@ -253,6 +254,8 @@ class StatusSender:
                     sender = self._senders[queue] = status_sender(self._client, queue)
                 messages = [_message(item.status, len(live) - 1 - i) for i, item in enumerate(live)]
                 sender.send_messages(messages if len(messages) > 1 else messages[0])
+                if self.on_sent is not None:
+                    self.on_sent()
         except (ServiceBusError, OSError) as exc:
             self._drop(queue)
             error = InfrastructureError(f"cannot send status to {queue}: {exc}")

@@ -65,7 +65,8 @@ def serve(
 
     from worker.config import ConfigError
     from worker.site.config import load_site_config
-    from worker.site.server import SiteService, configure_logging
+    from worker.site.server import SiteService
+    from worker.util.logs import configure_logging
 
     if log_format not in ("text", "json"):
         raise _fail("--log-format must be text or json", 2)

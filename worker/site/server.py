@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -273,25 +272,3 @@ def _management_depth(site: Site, pool: Pool) -> dict[str, int] | None:
         props = client.get_queue_runtime_properties(pool.task_queue)
     return {"active": props.active_message_count, "scheduled": props.scheduled_message_count,
             "dead_lettered": props.dead_letter_message_count}
-
-
-class JsonFormatter(logging.Formatter):
-    """``--log-format json``: one JSON object per line (time, level, logger, message, exception)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("azure", "uamqp", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
