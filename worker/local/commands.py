@@ -115,6 +115,9 @@ def competition_create(
     azure: bool = typer.Option(False, "--azure", help="Create it in Azure with the Pulumi program instead."),
     stack_config: Path | None = typer.Option(None, "--stack-config", help="(--azure) Pulumi stack config file."),
     stack: str | None = typer.Option(None, "--stack", help="(--azure) Pulumi stack name."),
+    site: str | None = typer.Option(None, "--site", envvar="POOL_SITE_URL",
+                                    help="(--azure) Register the new pool with this site (token: $POOL_SITE_TOKEN); "
+                                         "without it, the site.yaml entry is printed."),
 ) -> None:
     """Create a competition: its task/response queue pair (worker and site policies with least
     rights), its blob containers and its pool on the site. On the local stack this happens at
@@ -138,6 +141,9 @@ def competition_create(
         secret = getattr(provisioning, "SECRET_OUTPUTS", frozenset())
         for key, value in sorted(outputs.items()):  # the site's connection strings are not printed
             typer.echo(f"{key}: {'(secret: read it with `pulumi stack output --show-secrets`)' if key in secret else value}")
+        from worker.site.commands import register_outputs
+
+        register_outputs(outputs, site)
         return
     from worker.local.competition import create_local_competition
     from worker.local.emulator_admin import EmulatorAdminError

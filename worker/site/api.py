@@ -122,6 +122,61 @@ def show_pool(request: Request, name: POOL_NAME, _: Reader) -> dict[str, Any]:
     return {**views[0], "workers_list": ops.worker_views(service.site, name)}
 
 
+class PoolRequest(_In):
+    """A pool deployed elsewhere (the Pulumi program): the site's own access to its two queues."""
+
+    name: str = Field(pattern=POOL_RE)
+    task_queue_connection_string: str | None = Field(default=None, max_length=2048)
+    response_queue_connection_string: str | None = Field(default=None, max_length=2048)
+    namespace: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9.\-]+$",
+                                  description="FQDN reached with DefaultAzureCredential (identity auth).")
+
+
+@router.post("/pools", tags=["pools"], status_code=201)
+def register_pool(request: Request, body: PoolRequest, _: Admin) -> dict[str, Any]:
+    """Register (or update) a pool: its queue pair `NAME-tasks` / `NAME-responses`, reached with
+    queue-level connection strings or the namespace and the site's identity. `pool competition
+    create --azure` and `pool competition import` call this with the stack's outputs."""
+    from worker.config import ConfigError, check_competition_name
+    from worker.site.db import transaction
+    from worker.site.pools import register_pool as register
+
+    try:
+        check_competition_name(body.name)
+    except ConfigError as exc:
+        raise field_error(422, "name", str(exc)) from None
+    pair = (body.task_queue_connection_string, body.response_queue_connection_string)
+    if (pair[0] is None) != (pair[1] is None):
+        raise field_error(422, "response_queue_connection_string" if pair[0] else "task_queue_connection_string",
+                          "give both queue connection strings, or namespace")
+    if (pair[0] is None) == (body.namespace is None):
+        raise field_error(422, "namespace", "give the two queue connection strings or namespace (one of them)")
+    for field, value in (("task_queue_connection_string", pair[0]), ("response_queue_connection_string", pair[1])):
+        if value is not None and "Endpoint=" not in value:
+            raise field_error(422, field, "not a Service Bus connection string (Endpoint=sb://...)")
+    site = service_of(request).site
+    with transaction(site.sessions) as session:
+        register(session, body.name, task_queue_connection_string=pair[0] or body.namespace,
+                 response_queue_connection_string=pair[1] or body.namespace)
+    site.storage.ensure_competition(body.name)
+    return ops.pool_views(site, name=body.name)[0]
+
+
+@router.delete("/pools/{name}", tags=["pools"])
+def retire_pool(request: Request, name: POOL_NAME, _: Admin) -> dict[str, Any]:
+    """Stop using a pool: no new submissions (statuses of its tasks in flight are still applied).
+    Its tasks and history stay; registering it again re-activates it."""
+    from worker.site.db import transaction
+    from worker.site.models import Pool as PoolRow
+
+    with transaction(service_of(request).site.sessions) as session:
+        row = session.get(PoolRow, name)
+        if row is None or not row.active:
+            raise HTTPException(404, f"no pool named {name!r}")
+        row.active = False
+    return {"retired": name}
+
+
 @router.post("/pools/{name}/bundles", tags=["pools"], status_code=201)
 async def upload_bundle(request: Request, name: POOL_NAME, _: Admin) -> dict[str, Any]:
     """Upload a program or input bundle: the request body is a gzip'd tar archive (as `pool submit

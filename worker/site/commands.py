@@ -5,6 +5,7 @@ imports only the standard library, typer and rich (``pool --help`` and ``pool su
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,10 @@ RUNNERS = (("run.sh", ["sh", "../program/run.sh"]), ("main.py", ["python3", "../
 
 
 def register(app: typer.Typer) -> None:
+    from worker.local.commands import competition_app
+
     app.add_typer(site_app, name="site")
+    competition_app.command("import")(competition_import)
     for name, command in (("submit", submit), ("status", status), ("logs", logs), ("cancel", cancel),
                           ("rerun", rerun)):
         app.command(name=name)(command)
@@ -391,3 +395,57 @@ def rerun(
         raise _fail(str(exc), 2 if exc.status == 409 else 1) from None
     if wait and not (task["state"] == "finished" and task["exit_code"] == 0):
         raise typer.Exit(1)
+
+
+# --- pool competition import ---------------------------------------------------------------------------
+def competition_import(
+    stack: str | None = typer.Option(None, "--stack", help="A deployed Pulumi stack (needs the Pulumi CLI)."),
+    outputs_file: Path | None = typer.Option(None, "--outputs-file", exists=True, dir_okay=False,
+                                             help="Its outputs instead: `pulumi stack output --json "
+                                                  "--show-secrets > FILE`."),
+    site: str | None = _site_option(),
+) -> None:
+    """Register a pool brought up with plain `pulumi up` with a site, from its stack outputs: the
+    competition, its queues, the site's connection strings (or namespace, with identities). Without
+    --site / POOL_SITE_URL, prints the `pools:` entry for site.yaml instead."""
+    from worker.config import ConfigError
+    from worker.site import registration
+
+    if (stack is None) == (outputs_file is None):
+        raise _fail("give --stack NAME or --outputs-file FILE", 2)
+    try:
+        if outputs_file is not None:
+            outputs = registration.read_outputs_file(outputs_file)
+        else:
+            from worker.site.provisioning import ProvisioningError
+
+            try:
+                outputs = registration.stack_outputs(stack)  # type: ignore[arg-type]
+            except ProvisioningError as exc:
+                raise _fail(str(exc)) from None
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    register_outputs(outputs, site)
+
+
+def register_outputs(outputs: dict[str, Any], site: str | None) -> None:
+    """POST the pool to the site, or print its site.yaml entry (secrets included: it goes to a file
+    only the site reads)."""
+    from worker.config import ConfigError
+    from worker.site.client import SiteClient, SiteClientError
+    from worker.site.registration import pool_from_outputs, site_yaml_snippet
+
+    try:
+        body = pool_from_outputs(outputs)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    url = site or os.environ.get("POOL_SITE_URL")
+    if not url:
+        typer.echo("no --site given: add this to the site's site.yaml (it holds secrets):")
+        typer.echo(site_yaml_snippet(body))
+        return
+    try:
+        pool = SiteClient(url, os.environ.get("POOL_SITE_TOKEN")).post("/api/v1/pools", body)
+    except SiteClientError as exc:
+        raise _fail(f"registering {body['name']} with {url}: {exc}") from None
+    typer.echo(f"pool {pool['name']} registered with {url} (task queue {pool['task_queue']})")
