@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from worker.execution.base import ExecutionDriver
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # importing base builds the protocol models (~0.15 s): not on `pool --help`'s path
+    from worker.execution.base import ExecutionDriver
 
 _DRIVERS = {
     "process": "worker.execution.process:ProcessDriver",

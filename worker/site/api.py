@@ -274,10 +274,18 @@ def list_tasks(
 
 
 @router.get("/tasks/{task_id}", tags=["tasks"])
-def show_task(request: Request, task_id: TASK_ID, _: Reader) -> dict[str, Any]:
+def show_task(request: Request, task_id: TASK_ID, _: Reader,
+              wait_s: Annotated[float, Query(ge=0, le=60, description="Long poll: answer as soon as the task "
+                                             "is in a final state, or after this many seconds.")] = 0) -> dict[str, Any]:
     """One task with its full history (one entry per state transition)."""
+    service = service_of(request)
     try:
-        return ops.get_task(service_of(request).site, task_id)
+        if wait_s:
+            deadline = time.monotonic() + wait_s
+            while not ops.task_row(service.site, task_id).site_state.terminal and time.monotonic() < deadline \
+                    and not service.stopping.is_set():
+                time.sleep(0.01)
+        return ops.get_task(service.site, task_id)
     except ops.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
 

@@ -159,16 +159,16 @@ def submit(
         raise typer.Exit(1)
 
 
-def _wait(client, task_id: str, timeout: float | None, poll_s: float = 0.02) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _wait(client, task_id: str, timeout: float | None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Long polls: the site answers as soon as the task is final (or after up to 20 s)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        task = client.get(f"/api/v1/tasks/{task_id}")
+        left = 20.0 if deadline is None else max(0.0, min(20.0, deadline - time.monotonic()))
+        task = client.get(f"/api/v1/tasks/{task_id}", wait_s=round(left, 2) or None)
         if task["terminal"]:
             return task
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"task {task_id} still {task['state']} after {timeout:.0f} s")
-        time.sleep(poll_s)
-        poll_s = min(poll_s * 1.5, 0.5)  # quick for short tasks, gentle for long ones
 
 
 def _bundle_command(bundle: Path) -> list[str]:
