@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(local_app, name="local")
     app.add_typer(competition_app, name="competition")
     app.command(name="demo")(demo)
+    from worker.site.commands import competition_import  # typer only: cheap
+
+    competition_app.command("import")(competition_import)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

@@ -20,10 +20,7 @@ RUNNERS = (("run.sh", ["sh", "../program/run.sh"]), ("main.py", ["python3", "../
 
 
 def register(app: typer.Typer) -> None:
-    from worker.local.commands import competition_app
-
     app.add_typer(site_app, name="site")
-    competition_app.command("import")(competition_import)
     for name, command in (("submit", submit), ("status", status), ("logs", logs), ("cancel", cancel),
                           ("rerun", rerun)):
         app.command(name=name)(command)

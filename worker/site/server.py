@@ -85,13 +85,11 @@ class SiteService:
         return None if depth is None else (depth["active"], depth["dead_lettered"])
 
     def _emulator_metrics(self) -> dict[str, dict[str, float]]:
-        from worker.emulator.http import parse_metrics
-
         with self._metrics_lock:  # one read per half second, however many pages and ticks ask
             if self._metrics_cache and time.monotonic() - self._metrics_cache[0] < 0.5:
                 return self._metrics_cache[1]
             with urllib.request.urlopen(self.config.queue_metrics_url, timeout=5) as response:
-                metrics = parse_metrics(response.read().decode())
+                metrics = queue_metrics(response.read().decode())
             self._metrics_cache = (time.monotonic(), metrics)
             return metrics
 
@@ -231,6 +229,23 @@ class SiteService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+QUEUE_METRIC_PREFIX = "servicebus_emulator_queue_"
+
+
+def queue_metrics(text: str) -> dict[str, dict[str, float]]:
+    """``{queue: {metric: value}}`` from Prometheus text with a ``queue`` label (the local endpoint's
+    /metrics), read with prometheus-client's parser (the site does not import the emulator)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(QUEUE_METRIC_PREFIX) and "queue" in sample.labels:
+                name = sample.name[len(QUEUE_METRIC_PREFIX):]
+                out.setdefault(sample.labels["queue"], {})[name] = sample.value
+    return out
 
 
 class _SiteWithStorage(Site):
