@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from worker.errors import ConfigError
+
 if TYPE_CHECKING:  # importing base builds the protocol models (~0.15 s): not on `pool --help`'s path
     from worker.execution.base import ExecutionDriver
 
@@ -26,7 +28,7 @@ def get_driver(name: str, **options: object) -> ExecutionDriver:
     try:
         target = _DRIVERS[name]
     except KeyError:
-        raise ValueError(f"unknown execution driver {name!r}; choose one of {', '.join(_DRIVERS)}") from None
+        raise ConfigError(f"unknown execution driver {name!r}; choose one of {', '.join(_DRIVERS)}") from None
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**options)

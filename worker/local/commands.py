@@ -125,12 +125,10 @@ def competition_create(
     """Create a competition: its task/response queue pair (worker and site policies with least
     rights), its blob containers and its pool on the site. On the local stack this happens at
     runtime, no restart; `pool local up` starts its agents."""
-    from worker.config import ConfigError, check_competition_name
+    from worker.config import check_competition_name
+    from worker.errors import PoolError
 
-    try:
-        check_competition_name(name)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+    check_competition_name(name)  # a ConfigError: one line, exit 2 (worker.cli)
     if azure:
         try:
             from worker.site import provisioning
@@ -139,7 +137,7 @@ def competition_create(
         try:
             outputs = provisioning.create_competition_stack(name, config_file=stack_config, stack=stack,
                                                             on_output=typer.echo)
-        except (ConfigError, provisioning.ProvisioningError) as exc:
+        except PoolError as exc:
             raise _fail(str(exc)) from None
         secret = getattr(provisioning, "SECRET_OUTPUTS", frozenset())
         for key, value in sorted(outputs.items()):  # the site's connection strings are not printed
@@ -149,12 +147,10 @@ def competition_create(
         register_outputs(outputs, site)
         return
     from worker.local.competition import create_local_competition
-    from worker.local.emulator_admin import EmulatorAdminError
-    from worker.local.profile import StackNotRunning
 
     try:
         info = create_local_competition(data_dir, name)
-    except (StackNotRunning, EmulatorAdminError) as exc:
+    except PoolError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"competition {name}: task queue {info.task_queue}, response queue {info.response_queue}, "
                f"containers {name}-bundles/-logs/-outputs")

@@ -32,6 +32,7 @@ from worker.config import (
     ServiceBusSettings,
     dump_agent_config,
 )
+from worker.errors import PoolError
 from worker.local.azurite import AzuriteProcess
 from worker.local.competition import ROOT_POLICY, create_local_competition, emulator_connection_string
 from worker.local.emulator_admin import EmulatorAdmin
@@ -50,7 +51,7 @@ DEFAULT_COMPETITION = "default"
 MAX_QUICK_EXITS = 3
 
 
-class StackError(RuntimeError):
+class StackError(PoolError, RuntimeError):
     pass
 
 

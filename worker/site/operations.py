@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from worker.site import transitions
 from worker.site.db import retrying, transaction
 from worker.site.models import (
     ACTIVE,
@@ -158,26 +159,16 @@ def task_row(site: Site, task_id: str) -> Task:
 
 
 def rerun(site: Site, task_id: str, reason: str = "rerun requested") -> Task:
-    """A new attempt of a task that reached a final state (any final state): fresh SAS URLs, sent
-    again. The retry budget grows by one so a rerun may itself be retried once if its worker is lost."""
+    """A new attempt of a task in a final state (worker.site.transitions.rerun), sent with fresh SAS URLs."""
 
     def requeue(session: Session) -> Task:
         row = session.get(Task, task_id, with_for_update=True)
         if row is None:
             raise NotFound(f"no task {task_id!r}")
-        if not row.site_state.terminal:
-            raise Conflict(f"task {task_id} is {row.state}: only a task in a final state can be rerun "
-                           "(cancel it first)")
-        now = utcnow()
-        row.attempt += 1
-        row.max_attempts = max(row.max_attempts, row.attempt) + 1
-        row.state = SiteState.QUEUED.value
-        row.sent_at = row.started_at = row.finished_at = row.cancel_requested_at = None
-        row.delivery_started_at = row.last_status_at = row.last_heard_at = None
-        row.last_seq = -1
-        row.worker_id = row.exit_code = row.kill_reason = row.reason = row.output_bytes = None
-        session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=SiteState.QUEUED.value,
-                              source="site", reason=reason, reported_at=now, recorded_at=now))
+        try:
+            transitions.rerun(session, row, reason)
+        except transitions.TaskNotFinished as exc:
+            raise Conflict(str(exc)) from None
         return row
 
     row = retrying(site.sessions, requeue)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
+from azure.servicebus import ServiceBusClient, ServiceBusSender
 
-from worker.protocol import CONTENT_TYPE, Task, encode
+from worker.protocol import Task
+from worker.servicebus import client_kwargs
+from worker.wire import task_message
 
 
 class SiteQueues:
@@ -31,8 +33,7 @@ class SiteQueues:
             return self._clients[cs]
 
     def send_task(self, connection_string: str | None, queue: str, task: Task) -> None:
-        message = ServiceBusMessage(encode(task), message_id=task.message_id, content_type=CONTENT_TYPE,
-                                    subject=task.task_type.value)
+        message = task_message(task)
         key = (connection_string or "", queue)
         with self._lock:
             lock = self._send_locks.setdefault(key, threading.Lock())
@@ -62,10 +63,10 @@ def _make_client(access: str) -> ServiceBusClient:
     """A connection string, or a namespace host name reached with DefaultAzureCredential (the identity
     path the Pulumi program grants the site; written for Azure, not testable here)."""
     if "Endpoint=" in access:
-        return ServiceBusClient.from_connection_string(access)
+        return ServiceBusClient.from_connection_string(access, **client_kwargs())
     from azure.identity import DefaultAzureCredential
 
-    return ServiceBusClient(access, credential=DefaultAzureCredential())
+    return ServiceBusClient(access, credential=DefaultAzureCredential(), **client_kwargs())
 
 
 def _close_quietly(item: Any) -> None:
