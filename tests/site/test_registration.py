@@ -107,3 +107,20 @@ def test_import_from_a_stack_needs_the_pulumi_cli(tmp_path):
     env = {**os.environ, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     result = pool_cli("import", "--stack", "demo", env=env)
     assert result.returncode == 1 and "pulumi" in result.stderr.lower()
+
+
+def test_the_local_stack_site_creates_a_pool_at_runtime_and_runs_its_tasks(site_stack, served_site):
+    with httpx.Client(base_url=site_stack.service.url, timeout=60,
+                      headers={"Authorization": f"Bearer {site_stack.profile.site_token}"}) as api:
+        created = api.post("/api/v1/pools", json={"name": "made-by-api", "create": True})
+        assert created.status_code == 201, created.text
+        task = api.post("/api/v1/tasks", json={"pool": "made-by-api", "command": ["sh", "-c", "echo made"]}).json()
+        deadline = time.monotonic() + 60  # its agents are started by the stack's supervisor
+        while time.monotonic() < deadline and not api.get(f"/api/v1/tasks/{task['id']}").json()["terminal"]:
+            time.sleep(0.2)
+        assert api.get(f"/api/v1/tasks/{task['id']}").json()["state"] == "finished"
+        assert api.get(f"/api/v1/tasks/{task['id']}/logs/stdout").text == "made\n"
+    # A site without a way to create pools says so, naming the field.
+    with httpx.Client(base_url=served_site.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as api:
+        refused = api.post("/api/v1/pools", json={"name": "other-pool", "create": True})
+        assert refused.status_code == 422 and refused.json()["field"] == "create"

@@ -139,6 +139,7 @@ class LocalStack:
             self.service = SiteService(local_site_config(self.profile, token, _reuse(
                 previous and previous.site_url and int(previous.site_url.rsplit(":", 1)[1])))).start()
             self.site = self.service.site
+            self.service.pool_creator = lambda name: create_local_competition(self.data_dir, name)
             self.profile.site_url, self.profile.site_token = self.service.url, token
             with profile_lock(self.data_dir):
                 self.profile.save()

@@ -130,12 +130,15 @@ class PoolRequest(_In):
     response_queue_connection_string: str | None = Field(default=None, max_length=2048)
     namespace: str | None = Field(default=None, max_length=256, pattern=r"^[A-Za-z0-9.\-]+$",
                                   description="FQDN reached with DefaultAzureCredential (identity auth).")
+    create: bool = Field(default=False, description="Create the queue pair and containers too (a site that "
+                         "can: the local stack's, at runtime); then give no access fields.")
 
 
 @router.post("/pools", tags=["pools"], status_code=201)
 def register_pool(request: Request, body: PoolRequest, _: Admin) -> dict[str, Any]:
     """Register (or update) a pool: its queue pair `NAME-tasks` / `NAME-responses`, reached with
-    queue-level connection strings or the namespace and the site's identity. `pool competition
+    queue-level connection strings or the namespace and the site's identity; or, with `create: true`
+    on a site that can (the local stack's), create it at runtime. `pool competition
     create --azure` and `pool competition import` call this with the stack's outputs."""
     from worker.config import ConfigError, check_competition_name
     from worker.site.db import transaction
@@ -145,6 +148,15 @@ def register_pool(request: Request, body: PoolRequest, _: Admin) -> dict[str, An
         check_competition_name(body.name)
     except ConfigError as exc:
         raise field_error(422, "name", str(exc)) from None
+    service = service_of(request)
+    if body.create:
+        if service.pool_creator is None:
+            raise field_error(422, "create", "this site cannot create pools: deploy one with `pool competition "
+                                             "create NAME --azure` and register it here")
+        if body.task_queue_connection_string or body.response_queue_connection_string or body.namespace:
+            raise field_error(422, "create", "a pool the site creates gets its own access: give no access fields")
+        service.pool_creator(body.name)
+        return ops.pool_views(service.site, name=body.name)[0]
     pair = (body.task_queue_connection_string, body.response_queue_connection_string)
     if (pair[0] is None) != (pair[1] is None):
         raise field_error(422, "response_queue_connection_string" if pair[0] else "task_queue_connection_string",

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from worker.site.auth import TokenTable
@@ -33,6 +33,7 @@ class SiteService:
         self.tokens = TokenTable(config.tokens)
         self.stopping = threading.Event()
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.pool_creator: Callable[[str], object] | None = None  # the local stack creates pools at runtime
         self.monitor_leader = False
         self.site: Site | None = None  # type: ignore[assignment]
         self.app = None
