@@ -140,6 +140,22 @@ def test_bundles_uploaded_through_the_api_run_as_program_and_input(served_site):
         assert missing.status_code == 422 and missing.json()["field"] == "program"
 
 
+def test_single_file_and_zip_bundles(served_site):
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("run.sh", "cat ../inputs/note.txt\n")
+    with client(served_site) as api:
+        program = api.post("/api/v1/pools/default/bundles", content=buffer.getvalue())
+        note = api.post("/api/v1/pools/default/bundles", params={"kind": "file"}, content=b"plain words\n")
+        assert program.status_code == 201 and note.status_code == 201 and note.json()["kind"] == "file"
+        task = submit(api, ["sh", "../program/run.sh"], program=program.json()["id"], inputs={"note.txt": note.json()["id"]})
+        assert wait_final(api, task["id"])["state"] == "finished"
+        assert api.get(f"/api/v1/tasks/{task['id']}/logs/stdout").text == "plain words\n"
+        assert api.post("/api/v1/pools/default/bundles", params={"kind": "dir"}, content=b"x").json()["field"] == "kind"
+
+
 def test_live_log_tail_is_server_sent_events_ending_with_the_task(served_site):
     with client(served_site) as api:
         task = submit(api, ["sh", "-c", "for i in 1 2 3; do echo line-$i; sleep 0.4; done; printf tail"])

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from worker.site.server import SiteService
 
 POOL_RE = r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$"  # competition names (the double-hyphen rule: on submit)
+FILE_SUFFIX = ".file"  # blob name suffix of single-file bundles (worker.storage reads the kind from it)
 BUNDLE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 LABEL_KEY_RE = r"^[A-Za-z0-9_.\-/]{1,64}$"
 TASK_ID = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -190,9 +191,11 @@ def retire_pool(request: Request, name: POOL_NAME, _: Admin) -> dict[str, Any]:
 
 
 @router.post("/pools/{name}/bundles", tags=["pools"], status_code=201)
-async def upload_bundle(request: Request, name: POOL_NAME, _: Admin) -> dict[str, Any]:
-    """Upload a program or input bundle: the request body is a gzip'd tar archive (as `pool submit
-    --bundle DIR` packs it). Content-addressed: the answer's `id` (sha256:HEX) is what tasks name."""
+async def upload_bundle(request: Request, name: POOL_NAME, _: Admin,
+                        kind: Literal["archive", "file"] = "archive") -> dict[str, Any]:
+    """Upload a program or input bundle. `kind=archive` (default): a gzip'd tar (as `pool submit
+    --bundle DIR` packs it) or a zip, extracted for the task; `kind=file`: any single file, placed as
+    is at ../inputs/NAME. Content-addressed: the answer's `id` (sha256:HEX) is what tasks name."""
     service = service_of(request)
     _require_pool(service, name)
     limit = service.config.max_bundle_bytes
@@ -203,10 +206,16 @@ async def upload_bundle(request: Request, name: POOL_NAME, _: Admin) -> dict[str
             raise field_error(413, "body", f"a bundle may hold at most {limit} bytes")
         chunks.append(chunk)
     data = b"".join(chunks)
-    if data[:2] != b"\x1f\x8b":
-        raise field_error(422, "body", "a bundle is a gzip'd tar archive (application/gzip)")
-    stored = service.site.storage.upload_bundle(name, data, suffix=".tar.gz")
-    return {"id": f"sha256:{stored.sha256}", "size": stored.size, "pool": name}
+    if kind == "file":
+        suffix = FILE_SUFFIX
+    elif data[:2] == b"\x1f\x8b":
+        suffix = ".tar.gz"
+    elif data[:4] == b"PK\x03\x04":
+        suffix = ".zip"
+    else:
+        raise field_error(422, "body", "an archive bundle is a gzip'd tar or a zip (or upload with kind=file)")
+    stored = service.site.storage.upload_bundle(name, data, suffix=suffix)
+    return {"id": f"sha256:{stored.sha256}", "size": stored.size, "pool": name, "kind": kind}
 
 
 @router.get("/workers", tags=["pools"])

@@ -62,8 +62,9 @@ class SiteClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self._request("POST", path, body if body is not None else {})
 
-    def upload_bundle(self, pool: str, data: bytes) -> str:
-        return self._request("POST", f"/api/v1/pools/{pool}/bundles", raw=data, content_type="application/gzip")["id"]
+    def upload_bundle(self, pool: str, data: bytes, kind: str = "archive") -> str:
+        return self._request("POST", f"/api/v1/pools/{pool}/bundles?kind={kind}", raw=data,
+                             content_type="application/octet-stream")["id"]
 
     def log_events(self, task_id: str, stream: str, attempt: int | None = None) -> Iterator[tuple[str, str]]:
         """(event, data) pairs of a live tail; 'end' last."""

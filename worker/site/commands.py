@@ -136,9 +136,9 @@ def submit(
     client = _client(site, data_dir)
     try:
         if bundle is not None:
-            body["program"] = client.upload_bundle(competition, _pack(bundle))
+            body["program"] = client.upload_bundle(competition, *_pack(bundle))
         if input_map:
-            body["inputs"] = {n: client.upload_bundle(competition, _pack(Path(p))) for n, p in input_map.items()}
+            body["inputs"] = {n: client.upload_bundle(competition, *_pack(Path(p))) for n, p in input_map.items()}
         task = client.post("/api/v1/tasks", body)
     except SiteClientError as exc:
         raise _fail(str(exc), 2 if exc.status in (400, 404, 413, 422) else 1) from None
@@ -176,28 +176,16 @@ def _bundle_command(bundle: Path) -> list[str]:
                      "(the bundle is at ../program from the program's working directory)")
 
 
-def _pack(path: Path) -> bytes:
-    """A directory as the site stores bundles (reproducible tar.gz); an archive as is; a file in a
-    tar.gz of its own."""
-    from worker.storage import pack_directory
-
+def _pack(path: Path) -> tuple[bytes, str]:
+    """(data, kind): a directory packed as the site stores bundles (reproducible tar.gz); an archive
+    (.tar.gz, .tgz, .zip) as is, extracted for the task; any other file as a single file."""
     if path.is_dir():
-        return pack_directory(path)
-    if path.name.endswith((".tar.gz", ".tgz")):
-        return path.read_bytes()
-    import gzip
-    import io
-    import tarfile
+        from worker.storage import pack_directory
 
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        info = tar.gettarinfo(str(path), arcname=path.name)
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mtime = 0
-        with path.open("rb") as fh:
-            tar.addfile(info, fh)
-    return buffer.getvalue()
+        return pack_directory(path), "archive"
+    if path.name.endswith((".tar.gz", ".tgz", ".zip")):
+        return path.read_bytes(), "archive"
+    return path.read_bytes(), "file"
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:

@@ -101,12 +101,14 @@ class SiteService:
 
         digest = bundle_id.removeprefix("sha256:")
         container = competition_containers(pool)["bundles"]
-        blob_name = f"sha256/{digest}.tar.gz"
-        try:
-            props = self.site.storage.service.get_blob_client(container, blob_name).get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-        return StoredBundle(container, blob_name, digest, props.size)
+        for suffix in (".tar.gz", ".zip", ".file"):  # the kinds POST /pools/{pool}/bundles stores
+            blob_name = f"sha256/{digest}{suffix}"
+            try:
+                props = self.site.storage.service.get_blob_client(container, blob_name).get_blob_properties()
+            except ResourceNotFoundError:
+                continue
+            return StoredBundle(container, blob_name, digest, props.size)
+        return None
 
     def _monitor_gate(self) -> bool:
         from worker.site.leases import hold
