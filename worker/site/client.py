@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from worker.errors import PoolError
 
-class SiteClientError(RuntimeError):
+
+class SiteClientError(PoolError, RuntimeError):
     def __init__(self, message: str, status: int | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
