@@ -101,7 +101,9 @@ def test_submit_list_show_with_labels_filters_paging_and_history(served_site):
         done = wait_final(api, task["id"])
         assert done["state"] == "finished" and done["exit_code"] == 0 and done["max_attempts"] == 2
         states = [e["state"] for e in done["history"]]
-        assert states[0] == "queued" and "running" in states and states[-1] == "finished", states
+        # Two services (the stack's and this one) watch the response queue: an intermediate status one
+        # of them received may be overtaken by the final one at the other (see docs/site.md, Replicas).
+        assert states[0] == "queued" and states[-1] == "finished" and len(states) == len(set(states)), states
         assert api.get(f"/api/v1/tasks/{task['id']}/logs/stdout").text == "out-line\n"
         assert api.get(f"/api/v1/tasks/{task['id']}/logs/stderr").text == "err-line\n"
 
