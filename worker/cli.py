@@ -43,6 +43,7 @@ _COMMAND_MODULES = (
     "worker.local.commands",  # pool local up/down, demo, competition
     "worker.site.commands",  # pool site serve; submit, status, logs, cancel, rerun (API clients)
     "worker.execution.commands",  # pool sandbox check
+    "worker.node.commands",  # pool node (SSH operations on workers)
 )
 
 for _name in _COMMAND_MODULES:
