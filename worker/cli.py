@@ -40,7 +40,8 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "worker.emulator.commands",  # pool emulator
     "worker.agent.commands",  # pool agent
-    "worker.local.commands",  # pool local up, submit, status, logs, demo, competition
+    "worker.local.commands",  # pool local up/down, demo, competition
+    "worker.site.commands",  # pool site serve; submit, status, logs, cancel, rerun (API clients)
     "worker.execution.commands",  # pool sandbox check
     "worker.node.commands",  # pool node (SSH operations on workers)
 )

@@ -67,6 +67,8 @@ class RunResult:
     outcome: Outcome
     state: TaskState | None = None
     reason: str | None = None
+    kill_reason: KillReason | None = None
+    exit_code: int | None = None
 
 
 @dataclass
@@ -149,7 +151,8 @@ class TaskRun:
 
     def _final(self, state: TaskState, **fields: object) -> RunResult:
         self.reporter.finish(state, **fields)  # waits until it and every status before it were sent
-        return RunResult(Outcome.COMPLETE, state=state, reason=fields.get("reason"))  # type: ignore[arg-type]
+        return RunResult(Outcome.COMPLETE, state=state, reason=fields.get("reason"),  # type: ignore[arg-type]
+                         kill_reason=fields.get("kill_reason"), exit_code=fields.get("exit_code"))  # type: ignore[arg-type]
 
     def _run(self) -> RunResult:
         self.reporter.send(TaskState.RECEIVED)

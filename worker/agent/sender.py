@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,7 @@ class StatusSender:
         self._timers = Timers()  # heartbeats of the task in hand, presence reports while idle
         self._urgent = 0  # urgent items in the queue
         self._to_open: list[str] = []  # response queues whose link to attach ahead of the first status
+        self.on_sent: Callable[[], None] | None = None  # after each batch sent (the agent's metrics)
 
     def warm(self, queue: str) -> None:
         """Attach the link to ``queue`` now, in the background: attaching costs ~0.5 s, which the
@@ -200,6 +202,8 @@ class StatusSender:
                     sender = self._senders[queue] = status_sender(self._client, queue)
                 messages = [report_message(item.status, len(live) - 1 - i) for i, item in enumerate(live)]
                 sender.send_messages(messages if len(messages) > 1 else messages[0])
+                if self.on_sent is not None:
+                    self.on_sent()
         except (ServiceBusError, OSError) as exc:
             self._drop(queue)
             error = InfrastructureError(f"cannot send status to {queue}: {exc}", "servicebus_error")

@@ -50,6 +50,7 @@ class Agent:
         self.host = host_facts(self.driver, config.execution.gpus)
         self.cache = InputCache(config.resolved_cache_dir(), config.cache.max_bytes)
         self.tasks_handled = 0
+        self.metrics = None  # worker.agent.metrics.AgentMetrics with `pool agent --metrics-port`
         self._busy = False  # a task message is in hand (no idle presence reports meanwhile)
         self._presence_seq = 0
         self._presence_lock = threading.Lock()
@@ -68,6 +69,8 @@ class Agent:
                  settings.response_queue, self.driver.name)
         response = response_client(settings)
         sender = StatusSender(response)
+        if self.metrics is not None:
+            sender.on_sent = self.metrics.reported
         sender.warm(settings.response_queue)
         sender.presence(settings.response_queue, self._idle_presence, self.config.heartbeat_interval_s)
         try:
@@ -143,6 +146,7 @@ class Agent:
         self.state.task_started(task.task_id, task.attempt)
         self.state.track_heartbeats(reporter)
         result, lost = None, True
+        began = time.monotonic()
         try:
             thread = threading.Thread(target=run.run, name=f"task-{task.task_id}", daemon=True)
             thread.start()
@@ -151,6 +155,11 @@ class Agent:
         finally:
             self.state.task_ended(finished=not lost and result is not None and result.state is TaskState.FINISHED)
         self.tasks_handled += 1
+        if self.metrics is not None:
+            final = result is not None and not lost and result.outcome is Outcome.COMPLETE
+            self.metrics.task_done(result.state.value if final and result.state else None,  # type: ignore[union-attr]
+                                   result.kill_reason.value if final and result.kill_reason else None,  # type: ignore[union-attr]
+                                   final and result.exit_code not in (None, 0), time.monotonic() - began)  # type: ignore[union-attr]
         if lost or result is None:
             log.warning("task %s: lock lost; not settling (Service Bus redelivers it)", task.task_id)
             return

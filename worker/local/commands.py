@@ -1,18 +1,13 @@
 # ruff: noqa: B008 - typer declares options as argument defaults
-"""CLI of the local stack and of the site's everyday operations:
-``pool local up|down``, ``pool submit``, ``pool status``, ``pool logs``, ``pool cancel``, ``pool demo``,
-``pool competition create``. Heavy imports stay inside the commands (``pool --help`` stays fast)."""
+"""CLI of the local stack: ``pool local up|down``, ``pool demo``, ``pool competition create``
+(``pool submit|status|logs|cancel|rerun`` are clients of the site's API: worker.site.commands). Heavy imports stay inside the commands (``pool --help`` stays fast)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
-
-if TYPE_CHECKING:
-    from worker.site.service import Site
 
 DATA_DIR_HELP = "Directory of the local stack (profile, database, blobs, logs)."
 
@@ -30,11 +25,10 @@ competition_app = typer.Typer(help="Manage competitions (= pools: a task queue a
 def register(app: typer.Typer) -> None:
     app.add_typer(local_app, name="local")
     app.add_typer(competition_app, name="competition")
-    app.command(name="submit")(submit)
-    app.command(name="status")(status)
-    app.command(name="logs")(logs)
-    app.command(name="cancel")(cancel)
     app.command(name="demo")(demo)
+    from worker.site.commands import competition_import  # typer only: cheap
+
+    competition_app.command("import")(competition_import)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -42,7 +36,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open_site(data_dir: Path, *, require_running: bool = True) -> Site:
+def _open_site(data_dir: Path, *, require_running: bool = True):  # type: ignore[no-untyped-def]
     """The local stack's site (a context manager), or a clean exit saying why there is none."""
     from worker.local.client import open_site
     from worker.local.profile import StackNotRunning
@@ -91,6 +85,7 @@ def local_up(
     except (StackError, RuntimeError, ValueError) as exc:
         raise _fail(str(exc)) from None
     pools = ", ".join(sorted(stack.agents))
+    typer.echo(f"site: {stack.service.url}   (dashboard and API; token: site_token in {stack.data_dir}/profile.yaml)")
     typer.echo(f"ready: pools {pools}; {workers} agent(s) per pool; data dir {stack.data_dir}")
     typer.echo(f"  submit:  pool submit --data-dir {data_dir} --wait -- echo hello")
     typer.echo(f"  status:  pool status --data-dir {data_dir}      stop: Ctrl-C")
@@ -134,6 +129,9 @@ def competition_create(
     azure: bool = typer.Option(False, "--azure", help="Create it in Azure with the Pulumi program instead."),
     stack_config: Path | None = typer.Option(None, "--stack-config", help="(--azure) Pulumi stack config file."),
     stack: str | None = typer.Option(None, "--stack", help="(--azure) Pulumi stack name."),
+    site: str | None = typer.Option(None, "--site", envvar="POOL_SITE_URL",
+                                    help="(--azure) Register the new pool with this site (token: $POOL_SITE_TOKEN); "
+                                         "without it, the site.yaml entry is printed."),
 ) -> None:
     """Create a competition: its task/response queue pair (worker and site policies with least
     rights), its blob containers and its pool on the site. On the local stack this happens at
@@ -155,6 +153,9 @@ def competition_create(
         secret = getattr(provisioning, "SECRET_OUTPUTS", frozenset())
         for key, value in sorted(outputs.items()):  # the site's connection strings are not printed
             typer.echo(f"{key}: {'(secret: read it with `pulumi stack output --show-secrets`)' if key in secret else value}")
+        from worker.site.commands import register_outputs
+
+        register_outputs(outputs, site)
         return
     from worker.local.competition import create_local_competition
 
@@ -197,161 +198,6 @@ def competition_limits(
                    f"max_in_flight_per_label={pool.max_in_flight_per_label or 'unlimited'} "
                    f"retry_budget={pool.retry_budget} retry_backoff_s={pool.retry_backoff_s:g} "
                    f"retry_backoff_max_s={pool.retry_backoff_max_s:g}")
-
-
-# --- pool submit -------------------------------------------------------------------------------------
-def submit(
-    command: list[str] | None = typer.Argument(None, help="The command to run (after `--`)."),
-    competition: str = typer.Option("default", "--competition", "-c", help="The pool to submit to."),
-    bundle: Path | None = typer.Option(None, "--bundle", "-b", exists=True, file_okay=False,
-                                       help="A directory uploaded as the program (at ../program from the "
-                                            "working directory); runs its run.sh or main.py when no command "
-                                            "is given."),
-    inputs: list[str] = typer.Option([], "--input", "-i", help="NAME=PATH: a directory or file given to the "
-                                                              "task at ../inputs/NAME (repeatable)."),
-    time_limit: float = typer.Option(600, "--time-limit", "-t", min=0.1, help="Seconds before it is killed."),
-    env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the program (repeatable)."),
-    wait: bool = typer.Option(False, "--wait", "-w", help="Block until it ends; exit 0 only if it finished "
-                                                          "successfully."),
-    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds."),
-    label: str | None = typer.Option(None, "--label", help="The participant it is for (the pool's "
-                                                           "per-label admission limit applies)."),
-    priority: int = typer.Option(0, "--priority", help="Higher is admitted first (e.g. 10 for baselines)."),
-    data_dir: Path = _data_dir_option(),
-) -> None:
-    """Submit a task to a pool: `pool submit --wait -- python3 -c 'print(42)'` or
-    `pool submit --bundle ./my-program --wait`."""
-    from worker.errors import PoolError
-    from worker.local.client import ClientError, bundle_command, open_site, wait_for
-    from worker.site.producer import Submission
-
-    argv = list(command or [])
-    if not argv and bundle is None:
-        raise _fail("give a command after `--` or a --bundle DIR", 2)
-    try:
-        if not argv:
-            argv = bundle_command(bundle)  # type: ignore[arg-type]
-        input_map = dict(_pair(i, "--input") for i in inputs)
-        env_map = dict(_pair(e, "--env") for e in env)
-        for name, path in input_map.items():
-            if not Path(path).exists():
-                raise ClientError(f"--input {name}={path}: no such file or directory")
-        site = open_site(data_dir)
-    except (PoolError, ValueError) as exc:
-        raise _fail(str(exc), 2) from None
-    with site:
-        try:
-            task = site.producer.submit(Submission(pool=competition, command=argv, program=bundle,
-                                                   inputs={k: Path(v) for k, v in input_map.items()},
-                                                   time_limit_s=time_limit, env=env_map, label=label,
-                                                   priority=priority))
-        except (PoolError, FileNotFoundError, ValueError) as exc:
-            raise _fail(str(exc)) from None
-        typer.echo(f"submitted {task.id} to {competition}")
-        if not wait:
-            return
-        try:
-            task = wait_for(site, task.id, timeout=timeout)
-        except TimeoutError as exc:
-            raise _fail(str(exc), 3) from None
-        _print_outcome(site, task)
-    if not (task.state == "finished" and task.exit_code == 0):
-        raise typer.Exit(1)
-
-
-def _pair(text: str, option: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise ValueError(f"{option} {text!r}: expected NAME=VALUE")
-    key, value = text.split("=", 1)
-    return key, value
-
-
-def _print_outcome(site, task) -> None:  # type: ignore[no-untyped-def]
-    from worker.site.queries import duration_s
-
-    took = duration_s(task)
-    parts = [f"{task.id}: {task.state}", f"exit code {task.exit_code if task.exit_code is not None else '-'}"]
-    if took is not None:
-        parts.append(f"ran {took:.2f} s")
-    if task.attempt > 1:
-        parts.append(f"attempt {task.attempt}")
-    typer.echo(", ".join(parts))
-    if task.reason:
-        typer.echo(f"reason: {task.reason}")
-    if task.failure_class and task.failure_class != "none":
-        typer.echo(f"failure: {task.failure_class} ({task.failure_code})")
-    typer.echo(f"logs: pool logs {task.id}   (blobs: {site.storage.log_url(task.pool, task.id, task.attempt, 'stdout')}"
-               f", .../stderr.log)")
-
-
-# --- pool status ------------------------------------------------------------------------------------
-def status(
-    task_id: str | None = typer.Argument(None, help="Show one task and its history."),
-    limit: int = typer.Option(20, "--limit", "-n", help="How many recent tasks to list."),
-    competition: str | None = typer.Option(None, "--competition", "-c", help="Only this pool's tasks."),
-    data_dir: Path = _data_dir_option(),
-) -> None:
-    """Pools (queue depth, dead letters, live workers, tasks per state) and recent tasks."""
-    from rich.console import Console
-
-    from worker.local import views
-    from worker.local.client import ClientError, get_task
-
-    console = Console()
-    with _open_site(data_dir, require_running=False) as site:
-        if task_id:
-            try:
-                get_task(site, task_id)
-            except ClientError as exc:
-                raise _fail(str(exc)) from None
-            console.print(views.task_detail(site, task_id))
-            return
-        console.print(views.pools_table(site))
-        console.print(views.tasks_table(site, limit=limit, pool=competition))
-
-
-# --- pool logs --------------------------------------------------------------------------------------
-def logs(
-    task_id: str = typer.Argument(..., help="The task."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep tailing until the task ends."),
-    stream: str = typer.Option("both", "--stream", "-s", help="stdout, stderr or both."),
-    attempt: int | None = typer.Option(None, "--attempt", help="Another attempt than the latest."),
-    data_dir: Path = _data_dir_option(),
-) -> None:
-    """Print a task's stdout/stderr from blob storage (with --follow: live, while it runs)."""
-    from worker.local.client import ClientError, stream_logs
-
-    if stream not in ("stdout", "stderr", "both"):
-        raise _fail("--stream must be stdout, stderr or both", 2)
-    streams = ("stdout", "stderr") if stream == "both" else (stream,)
-
-    def write(which: str, data: bytes) -> None:
-        target = sys.stdout.buffer if which == "stdout" else sys.stderr.buffer
-        target.write(data)
-        target.flush()
-
-    with _open_site(data_dir) as site:
-        try:
-            stream_logs(site, task_id, follow=follow, write=write, streams=streams, attempt=attempt)  # type: ignore[arg-type]
-        except ClientError as exc:
-            raise _fail(str(exc)) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-
-
-# --- pool cancel ------------------------------------------------------------------------------------
-def cancel(
-    task_id: str = typer.Argument(..., help="The task."),
-    reason: str = typer.Option("cancelled by the user", help="Recorded as the task's reason."),
-    data_dir: Path = _data_dir_option(),
-) -> None:
-    """Cancel a task: a queued one at once, a running one within a few seconds."""
-    with _open_site(data_dir) as site:
-        try:
-            task = site.producer.cancel(task_id, reason)
-        except LookupError as exc:
-            raise _fail(str(exc)) from None
-    typer.echo(f"{task_id}: cancellation requested (state {task.state})")
 
 
 # --- pool demo --------------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ def run_demo(data_dir: str | Path, *, workers: int = 3, driver: str = "process",
         console.print(f"ready in {time.monotonic() - began:.1f} s: emulator :{stack.emulator.port}, "
                       f"Azurite :{stack.azurite.port}, {workers} agents")
         profile = load_profile(data_dir)
+    if profile.site_url:
+        console.print(f"dashboard: {profile.site_url}  (sign in with site_token from "
+                      f"{Path(data_dir).resolve() / 'profile.yaml'}; API docs at {profile.site_url}/docs)")
     site = Site(profile.site_settings())
     try:
         entries = _evaluate(site, manifest, console, timeout)

@@ -60,6 +60,8 @@ class LocalProfile(_Model):
     pools: dict[str, PoolInfo] = Field(default_factory=dict)
     workers_per_pool: int = 2
     driver: str = "process"
+    site_url: str | None = None  # the site service (API + dashboard) this stack runs
+    site_token: str | None = None  # its generated admin token (this file is 0600)
 
     def site_settings(self) -> SiteSettings:
         return SiteSettings(database_url=self.database_url, storage_connection_string=self.storage_connection_string,

@@ -16,6 +16,7 @@ Layout of the data dir (default ``./.pool``)::
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -96,7 +97,8 @@ class LocalStack:
         self.say = on_output
         self.emulator = None  # worker.emulator.launcher.EmulatorProcess
         self.azurite: AzuriteProcess | None = None
-        self.site = None  # worker.site.service.Site
+        self.site = None  # worker.site.service.Site, run by self.service
+        self.service = None  # worker.site.server.SiteService: the same service as `pool site serve`
         self.admin: EmulatorAdmin | None = None
         self.agents: dict[str, list[AgentProcess]] = {}
         self.profile: LocalProfile | None = None
@@ -105,7 +107,7 @@ class LocalStack:
     # --- start ------------------------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> LocalStack:
         from worker.emulator.launcher import EmulatorProcess
-        from worker.site.service import Site
+        from worker.site.server import SiteService
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
@@ -133,13 +135,17 @@ class LocalStack:
                 database_url=self.database_url or f"sqlite:///{self.data_dir / 'site.db'}",
                 lost_after_s=self.lost_after_s, workers_per_pool=self.workers, driver=self.driver,
             )
+            token = (previous and previous.site_token) or secrets.token_urlsafe(32)
+            self.service = SiteService(local_site_config(self.profile, token, _reuse(
+                previous and previous.site_url and int(previous.site_url.rsplit(":", 1)[1])))).start()
+            self.site = self.service.site
+            self.service.pool_creator = lambda name: create_local_competition(self.data_dir, name)
+            self.profile.site_url, self.profile.site_token = self.service.url, token
             with profile_lock(self.data_dir):
                 self.profile.save()
-            self.site = Site(self.profile.site_settings())
             # Every pool known from an earlier run, plus the ones asked for (idempotent).
             for name in sorted(set(self.competitions) | self._known_pools()):
                 self.create_competition(name)
-            self.site.start_background(depth_probe=self._depth)
             self.sync_agents()
             self.wait_ready(timeout)
             self._set_state("ready")
@@ -206,14 +212,6 @@ class LocalStack:
             profile.state = state
             profile.save()
             self.profile = profile
-
-    def _depth(self, pool) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]
-        metrics = self.admin.metrics() if self.admin else {}
-        queue = metrics.get(pool.task_queue.lower())
-        if queue is None:
-            return None
-        return int(queue.get("active_messages", 0) + queue.get("locked_messages", 0)), \
-            int(queue.get("dead_lettered_messages", 0))
 
     # --- agents -----------------------------------------------------------------------------------
     def agent_config(self, pool: str, index: int, info: PoolInfo) -> AgentProcess:
@@ -331,8 +329,9 @@ class LocalStack:
         for agent in agents:
             if agent.process is not None:
                 stop_process_group(agent.process, timeout=20)
-        if self.site is not None:
-            self.site.close()
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
             self.site = None
         if self.azurite is not None:
             self.azurite.stop()
@@ -351,6 +350,19 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def local_site_config(profile: LocalProfile, token: str, port: int = 0):  # type: ignore[no-untyped-def]
+    """The site service of a local stack: the same `pool site serve` service, on the emulator (queue
+    depths from its /metrics) and Azurite, its pools registered by `pool competition create`."""
+    from worker.site.config import SiteConfig
+
+    emu = profile.emulator
+    return SiteConfig.model_validate({
+        "database_url": profile.database_url, "storage": {"connection_string": profile.storage_connection_string},
+        "tokens": [{"name": "local-admin", "token": token, "scope": "admin"}],
+        "bind": {"host": "127.0.0.1", "port": port}, "queue_metrics_url": f"http://{emu.host}:{emu.http_port}/metrics",
+        "lost_after_s": profile.lost_after_s})
 
 
 def _python_path() -> str:

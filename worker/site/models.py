@@ -208,3 +208,45 @@ class Worker(Base):
 
 LIVE_AFTER_BEATS = 3  # a worker is live while heard within this many report intervals
 DEFAULT_LIVE_S = 60.0  # for workers that never sent a presence (their interval is unknown)
+
+
+class TaskLabel(Base):
+    """A task's free-form labels (participant, submission ids...), one row per key: filterable on
+    every backend without JSON operators."""
+
+    __tablename__ = "task_labels"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+    __table_args__ = (Index("ix_task_labels_key_value", "key", "value"),)
+
+
+class DeadLetter(Base):
+    """A message Service Bus (or a worker) dead-lettered, as the monitor drained it: kept for the
+    operator to look at, resubmit (the task's new attempt) or purge."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool: Mapped[str] = mapped_column(String(64), index=True)
+    queue: Mapped[str] = mapped_column(String(260))
+    message_id: Mapped[str | None] = mapped_column(String(256))
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    dead_lettered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resubmitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SiteLease(Base):
+    """A lease held by one site replica at a time (``monitor``: resends, lost tasks, dead letters),
+    renewed while it lives, taken over by another replica once expired."""
+
+    __tablename__ = "site_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

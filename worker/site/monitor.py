@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from azure.servicebus import ServiceBusReceiveMode, ServiceBusReceiver, ServiceBusSubQueue
 from sqlalchemy import func, select
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.reconnect import run_with_reconnect
 from worker.site import admission, failures, transitions
 from worker.site.db import retrying
-from worker.site.models import ACTIVE, Pool, SiteState, utcnow
+from worker.site.models import ACTIVE, DeadLetter, Pool, SiteState, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import list_pools
 from worker.site.producer import Producer, SubmitError
@@ -50,6 +51,7 @@ class Monitor:
         resend_after_s: float = 5.0,
         interval_s: float = 1.0,
         depth_probe: DepthProbe | None = None,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
         self.sessions = sessions
         self.producer = producer
@@ -58,6 +60,7 @@ class Monitor:
         self.resend_after_s = resend_after_s
         self.interval_s = interval_s
         self.depth_probe = depth_probe
+        self.gate = gate  # replicas: only the holder of the database lease ticks (worker.site.leases)
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._dlq: dict[str, ServiceBusReceiver] = {}
@@ -85,7 +88,8 @@ class Monitor:
     def _run(self) -> None:
         def ticks() -> None:
             while not self.stop_event.wait(self.interval_s):
-                self.tick()
+                if self.gate is None or self.gate():  # replicas: only the lease holder ticks
+                    self.tick()
 
         run_with_reconnect(ticks, self.stop_event, what="monitor")  # outlives a bad tick, backing off
 
@@ -182,11 +186,13 @@ class Monitor:
             reason = f"dead-lettered: {message.dead_letter_reason or 'unknown reason'}"
             if message.dead_letter_error_description:
                 reason += f": {message.dead_letter_error_description}"
-            if task_id is not None:
-                if retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason, d=message.dead_letter_reason:
-                            _fail_dead_lettered(s, t, a, r, d)):
-                    self._send_quietly(task_id)
-            else:
+            record = {"pool": pool.name, "queue": pool.task_queue, "message_id": message.message_id,
+                      "task_id": task_id, "attempt": attempt, "reason": message.dead_letter_reason or "unknown reason",
+                      "description": message.dead_letter_error_description}
+            if retrying(self.sessions, lambda s, t=task_id, a=attempt, r=reason, d=record:
+                        _record_dead_letter(s, t, a, r, d)):
+                self._send_quietly(task_id)
+            if task_id is None:
                 log.warning("dead-lettered message %s on %s names no task (%s); dropped",
                             message.message_id, pool.task_queue, reason)
             receiver.complete_message(message)
@@ -213,6 +219,16 @@ class Monitor:
 
         retrying(self.sessions, store)
         return depth
+
+
+def _record_dead_letter(session: Session, task_id: str | None, attempt: int | None, reason: str,
+                        record: dict[str, Any]) -> bool:
+    """Kept for the operator (list, resubmit, purge through the API); the task is retried or failed
+    (True: retried, send it)."""
+    session.add(DeadLetter(**record))
+    if task_id is None:
+        return False
+    return _fail_dead_lettered(session, task_id, attempt, reason, record["reason"])
 
 
 def _fail_dead_lettered(session: Session, task_id: str, attempt: int | None, reason: str,

@@ -21,7 +21,7 @@ from worker import protocol
 from worker.errors import PoolError
 from worker.site import admission, transitions
 from worker.site.db import retrying, transaction
-from worker.site.models import Pool, SiteState, utcnow
+from worker.site.models import Pool, SiteState, TaskLabel, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import get_pool
 from worker.site.queues import SiteQueues
@@ -54,6 +54,7 @@ class Submission:
     task_id: str | None = None
     label: str | None = None  # the participant it is for (admission: max_in_flight_per_label)
     priority: int = 0  # higher is admitted first (e.g. organizer baselines 10)
+    labels: dict[str, str] = field(default_factory=dict)  # free-form: participant, submission ids...
 
 
 class Producer:
@@ -65,7 +66,9 @@ class Producer:
     def submit(self, submission: Submission) -> TaskRow:
         if not submission.command:
             raise SubmitError("a task needs a command")
-        if submission.label is not None and not 0 < len(submission.label) <= 128:
+        # The admission label is the participant: given as such, or the free-form labels' `participant`.
+        label = submission.label if submission.label is not None else submission.labels.get("participant")
+        if label is not None and not 0 < len(label) <= 128:
             raise SubmitError("invalid task: label: 1 to 128 characters")
         with transaction(self.sessions) as session:
             pool = get_pool(session, submission.pool)  # clear error before uploading anything
@@ -81,10 +84,12 @@ class Producer:
             id=submission.task_id or new_task_id(), pool=submission.pool, task_type=submission.task_type.value,
             command=list(submission.command), env=dict(submission.env), bundles=bundles,
             time_limit_s=submission.time_limit_s, resources=submission.resources.model_dump(mode="json"),
-            max_attempts=submission.max_attempts, label=submission.label, priority=submission.priority,
+            max_attempts=submission.max_attempts, label=label, priority=submission.priority,
         )
         with transaction(self.sessions) as session:
             transitions.submit(session, row, waiting=waits)
+            session.flush()  # the row before its labels (foreign key)
+            session.add_all(TaskLabel(task_id=row.id, key=k, value=v) for k, v in submission.labels.items())
         if waits:  # under the pool's limits: it goes when (and if) admission lets it in
             admission.admit_and_send(self.sessions, row.pool, self.send)
             with self.sessions() as session:

@@ -15,6 +15,8 @@ from worker.wire import task_message
 
 
 class SiteQueues:
+    """Access is a connection string or a namespace host name (``NS.servicebus.windows.net``: identity)."""
+
     def __init__(self, namespace_connection_string: str | None = None) -> None:
         self.namespace_connection_string = namespace_connection_string
         self._clients: dict[str, ServiceBusClient] = {}
@@ -28,7 +30,7 @@ class SiteQueues:
             raise ValueError("no Service Bus connection string for this pool and no namespace-level one")
         with self._lock:
             if cs not in self._clients:
-                self._clients[cs] = ServiceBusClient.from_connection_string(cs, **client_kwargs())
+                self._clients[cs] = _make_client(cs)
             return self._clients[cs]
 
     def send_task(self, connection_string: str | None, queue: str, task: Task,
@@ -59,6 +61,16 @@ class SiteQueues:
             self._clients.clear()
         for item in [*senders, *clients]:
             _close_quietly(item)
+
+
+def _make_client(access: str) -> ServiceBusClient:
+    """A connection string, or a namespace host name reached with DefaultAzureCredential (the identity
+    path the Pulumi program grants the site; written for Azure, not testable here)."""
+    if "Endpoint=" in access:
+        return ServiceBusClient.from_connection_string(access, **client_kwargs())
+    from azure.identity import DefaultAzureCredential
+
+    return ServiceBusClient(access, credential=DefaultAzureCredential(), **client_kwargs())
 
 
 def _close_quietly(item: Any) -> None:

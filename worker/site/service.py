@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,13 +51,15 @@ class Site:
         self._stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
 
-    def start_background(self, depth_probe: DepthProbe | None = None, pool_sync_s: float = 1.0) -> None:
+    def start_background(self, depth_probe: DepthProbe | None = None, pool_sync_s: float = 1.0,
+                         monitor_gate: Callable[[], bool] | None = None) -> None:
         """Start the watcher (one receiver per pool, new pools picked up within ``pool_sync_s``)
         and the monitor."""
         self.watcher = Watcher(self.sessions, self.queues, after_commit=self.after_final)
         self.monitor = Monitor(self.sessions, self.producer, self.queues, lost_after_s=self.settings.lost_after_s,
                                resend_after_s=self.settings.resend_after_s,
-                               interval_s=self.settings.monitor_interval_s, depth_probe=depth_probe)
+                               interval_s=self.settings.monitor_interval_s, depth_probe=depth_probe,
+                               gate=monitor_gate)
         self.watcher.sync_pools()
         self.monitor.start()
 

@@ -158,3 +158,29 @@ def cancel(session: Session, row: TaskRow, reason: str, now: datetime | None = N
     row.finished_at = now
     row.reason = reason
     _event(session, row, SiteState.CANCELLED, now, reason=reason, failure=("none", "cancelled"))
+
+
+def rerun(session: Session, row: TaskRow, reason: str, now: datetime | None = None, *,
+          waiting: bool = False) -> None:
+    """A new attempt of a task that reached a final state (any), queued again (``waiting``: held for
+    admission, like a new task): the one transition out of a final state, asked for by an operator
+    (API / dashboard ``rerun``, a dead letter's resubmit). The attempt ceiling grows by one and the
+    infrastructure-retry budget starts afresh: the rerun is a new run, not a retry of the old one."""
+    now = now or utcnow()
+    if not row.site_state.terminal:
+        raise TaskNotFinished(f"task {row.id} is {row.state}: only a task in a final state can be rerun "
+                              "(cancel it first)")
+    row.attempt += 1
+    row.max_attempts = max(row.max_attempts, row.attempt) + 1
+    row.state = (SiteState.WAITING if waiting else SiteState.QUEUED).value
+    row.sent_at = row.started_at = row.finished_at = row.cancel_requested_at = None
+    row.delivery_started_at = row.last_status_at = row.last_heard_at = None
+    row.last_seq = -1
+    row.worker_id = row.exit_code = row.kill_reason = row.reason = row.output_bytes = None
+    row.failure_class = row.failure_code = None
+    row.infra_retries = 0
+    _event(session, row, SiteState.WAITING if waiting else SiteState.QUEUED, now, reason=reason)
+
+
+class TaskNotFinished(PoolError, RuntimeError):
+    """A rerun asked of a task that has not reached a final state yet."""

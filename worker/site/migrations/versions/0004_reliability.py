@@ -1,7 +1,7 @@
 """reliability: failure attribution (tasks and history), infrastructure retries, fair admission, refused cross-pool reports
 
 Revision ID: 0004_reliability
-Revises: 0002
+Revises: 9a01
 Create Date: 2026-12-03
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import worker.site.models
 
 revision = '0004_reliability'
-down_revision = '0002'
+down_revision = '9a01'
 branch_labels = None
 depends_on = None
 
