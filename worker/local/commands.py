@@ -106,23 +106,44 @@ def local_up(
 @local_app.command("down")
 def local_down(data_dir: Path = _data_dir_option(),
                timeout: float = typer.Option(60, help="Seconds to wait for a clean stop.")) -> None:
-    """Stop a stack started with `pool local up` in another terminal (sends it SIGTERM)."""
+    """Stop a stack started with `pool local up` in another terminal (sends it SIGTERM).
+
+    Also after a crash: when `pool local up` is gone (killed) but its emulator, Azurite or agents
+    still run, they are found from the profile and the data dir and stopped."""
     import os
     import signal
     import time
 
-    from worker.local.profile import StackNotRunning, load_profile
+    from worker.local.profile import StackNotRunning, load_profile, update_profile
+    from worker.local.survivors import find_survivors, stop_survivors
 
     try:
-        profile = load_profile(data_dir)
+        profile = load_profile(data_dir, require_running=False)
     except StackNotRunning as exc:
         raise _fail(str(exc)) from None
-    os.kill(profile.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while profile.alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if profile.alive:
-        raise _fail(f"pid {profile.pid} still running after {timeout:.0f} s")
+    if profile.alive and profile.state != "stopped":
+        os.kill(profile.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while profile.alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if profile.alive:
+            raise _fail(f"pid {profile.pid} still running after {timeout:.0f} s")
+        crashed = False
+    else:
+        crashed = True
+    survivors = find_survivors(data_dir, profile)
+    if survivors:
+        if crashed:
+            typer.echo(f"the stack's own process (pid {profile.pid}) is gone; stopping what it left running")
+        stop_survivors(survivors, typer.echo)
+    elif crashed:
+        raise _fail(f"the local stack in {data_dir.resolve()} is not running (pid {profile.pid} is gone) "
+                    "and left nothing running")
+
+    def stopped(p) -> None:  # type: ignore[no-untyped-def]
+        p.state = "stopped"
+
+    update_profile(data_dir, stopped)
     typer.echo("stopped")
 
 
@@ -272,8 +293,19 @@ def status(
                 raise _fail(str(exc)) from None
             console.print(views.task_detail(site, task_id))
             return
-        console.print(views.pools_table(site))
+        console.print(views.pools_table(site, agents=_local_agents(data_dir)))
         console.print(views.tasks_table(site, limit=limit, pool=competition))
+
+
+def _local_agents(data_dir: Path) -> dict[str, list[tuple[str, str]]] | None:
+    """The agents a running local stack keeps per pool (None when no stack runs)."""
+    from worker.local.profile import StackNotRunning, load_profile
+
+    try:
+        profile = load_profile(data_dir)
+    except (StackNotRunning, ValueError, OSError):
+        return None
+    return profile.agents_wanted()
 
 
 # --- pool logs --------------------------------------------------------------------------------------

@@ -47,6 +47,17 @@ class PoolInfo(_Model):
     worker_send_connection_string: str
 
 
+class ProcessRecord(_Model):
+    """A child of the stack, so that a later `pool local up|down` finds it after a crash."""
+
+    pid: int
+    role: str  # emulator | azurite | agent | site
+    started: float  # its start time (psutil): a later process reusing the pid is not it
+    ports: list[int] = Field(default_factory=list)
+    pool: str | None = None  # agents: the pool they serve
+    state: str = "running"  # running | restarting | given_up (agents the stack stopped restarting)
+
+
 class LocalProfile(_Model):
     version: int = 1
     pid: int
@@ -59,6 +70,15 @@ class LocalProfile(_Model):
     pools: dict[str, PoolInfo] = Field(default_factory=dict)
     workers_per_pool: int = 2
     driver: str = "process"
+    processes: dict[str, ProcessRecord] = Field(default_factory=dict)  # emulator, azurite, agent:<worker id>
+
+    def agents_wanted(self) -> dict[str, list[tuple[str, str]]]:
+        """Per pool, the agents this stack runs: (worker id, running | restarting | given_up)."""
+        wanted: dict[str, list[tuple[str, str]]] = {}
+        for name, rec in self.processes.items():
+            if rec.role == "agent" and rec.pool:
+                wanted.setdefault(rec.pool, []).append((name.removeprefix("agent:"), rec.state))
+        return wanted
 
     def site_settings(self) -> SiteSettings:
         return SiteSettings(database_url=self.database_url, storage_connection_string=self.storage_connection_string,

@@ -17,8 +17,11 @@ def styled(state: str) -> str:
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
 
 
-def pools_table(site: Site) -> Table:
+def pools_table(site: Site, agents: dict[str, list[tuple[str, str]]] | None = None) -> Table:
+    """``agents``: per pool, the agents a running local stack keeps (worker id, state); a pool with
+    fewer live workers than that is flagged as short."""
     table = Table(title="pools", title_justify="left")
+    short: list[str] = []
     table.add_column("pool", no_wrap=True)
     for column in ("depth", "DLQ", "workers", "idle", "queued", "active", "done", "failed", "timeout", "cancel"):
         table.add_column(column, justify="right")
@@ -26,8 +29,17 @@ def pools_table(site: Site) -> Table:
         for p in pool_summaries(session):
             active = sum(p.counts.get(s, 0) for s in ("received", "preparing", "running", "uploading"))
             counts = [str(p.counts.get("queued", 0)), str(active)] + [str(p.counts.get(s, 0)) for s in COUNTED[2:]]
-            table.add_row(p.name, _n(p.queue_depth), _n(p.dead_letters), str(p.live_workers), str(p.idle_workers),
-                          *counts)
+            workers = str(p.live_workers)
+            wanted = (agents or {}).get(p.name)
+            if wanted and p.live_workers < len(wanted):
+                workers = f"[red]{p.live_workers}/{len(wanted)}[/]"
+                down = [f"{wid} {state.replace('_', ' ')}" for wid, state in wanted if state != "running"]
+                short.append(f"{p.name}: {p.live_workers} of {len(wanted)} agents live"
+                             + (f" ({', '.join(down)})" if down else ""))
+            table.add_row(p.name, _n(p.queue_depth), _n(p.dead_letters), workers, str(p.idle_workers), *counts)
+    if short:
+        table.caption = "[red]short of agents[/] - " + "; ".join(short)
+        table.caption_justify = "left"
     return table
 
 
