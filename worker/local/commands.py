@@ -57,7 +57,9 @@ def _open_site(data_dir: Path, *, require_running: bool = True) -> Site:
 @local_app.command("up")
 def local_up(
     workers: int = typer.Option(2, "--workers", "-w", min=0, help="Agents per pool."),
-    driver: str = typer.Option("process", "--driver", help="Execution driver of the agents (process, bwrap...)."),
+    driver: str = typer.Option("auto", "--driver", help="Execution driver of the agents: auto (default: bwrap "
+                                                      "where `pool sandbox check` passes, else process with a "
+                                                      "warning), bwrap, process (unsandboxed, opt-in)..."),
     competition: list[str] = typer.Option(["default"], "--competition", "-c",
                                           help="Competition(s) to create at start (repeatable)."),
     database_url: str | None = typer.Option(None, "--database-url", envvar="POOL_DATABASE_URL",
@@ -355,7 +357,8 @@ def cancel(
 # --- pool demo --------------------------------------------------------------------------------------
 def demo(
     workers: int = typer.Option(3, "--workers", "-w", min=1, help="Agents for the demo pool."),
-    driver: str = typer.Option("process", "--driver", help="Execution driver of the agents."),
+    driver: str = typer.Option("auto", "--driver", help="Execution driver of the agents: auto (bwrap where it "
+                                                      "works, else process with a warning), bwrap, process."),
     timeout: float = typer.Option(180, "--timeout", help="Give up after this many seconds."),
     data_dir: Path = _data_dir_option(),
 ) -> None:

@@ -195,6 +195,9 @@ class LocalStack:
 
     def _check_driver(self) -> None:
         from worker.execution import get_driver
+        from worker.local.sandboxing import choose_driver
+
+        self.driver = choose_driver(self.driver, self.data_dir, self.say)  # "auto": bwrap where it works
 
         try:
             get_driver(self.driver).check_available()
