@@ -40,15 +40,23 @@ class TaskGuard:
         self._pipe: IO[str] | None = None
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Start the guard now (the agent does, at start), so the first task does not wait for it."""
+        with self._lock:
+            self._ensure()
+
+    def _ensure(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-S", str(Path(__file__).resolve())], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                text=True, env={"PATH": os.environ.get("PATH", os.defpath)},
+            )
+            self._pipe = self._proc.stdin
+
     def _send(self, message: dict) -> None:
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-S", str(Path(__file__).resolve())], stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-                    text=True, env={"PATH": os.environ.get("PATH", os.defpath)},
-                )
-                self._pipe = self._proc.stdin
+            self._ensure()
             try:
                 self._pipe.write(json.dumps(message) + "\n")  # type: ignore[union-attr]
                 self._pipe.flush()  # type: ignore[union-attr]

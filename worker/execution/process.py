@@ -256,7 +256,8 @@ class ProcessDriver(ExecutionDriver):
     name = "process"
 
     def check_available(self) -> None:  # runs wherever Python runs
-        return None
+        if sys.platform != "win32":
+            task_guard().start()  # the agent checks its driver at start: the first task finds it running
 
     def enforced_limits(self) -> dict[str, str]:
         if sys.platform == "win32":
