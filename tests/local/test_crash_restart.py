@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def pool(*args: str, data_dir: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "worker", *args, "--data-dir", str(data_dir)], check=False,
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})  # `pool status` lines unwrapped
 
 
 def local_up(data_dir: Path, workers: int = 2) -> tuple[subprocess.Popen, list[str]]:

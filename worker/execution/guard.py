@@ -40,11 +40,6 @@ class TaskGuard:
         self._pipe: IO[str] | None = None
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        """Start the guard now (the agent does, at start), so the first task does not wait for it."""
-        with self._lock:
-            self._ensure()
-
     def _ensure(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(

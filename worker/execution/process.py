@@ -256,8 +256,7 @@ class ProcessDriver(ExecutionDriver):
     name = "process"
 
     def check_available(self) -> None:  # runs wherever Python runs
-        if sys.platform != "win32":
-            task_guard().start()  # the agent checks its driver at start: the first task finds it running
+        return None
 
     def enforced_limits(self) -> dict[str, str]:
         if sys.platform == "win32":
