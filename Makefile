@@ -36,8 +36,9 @@ test: system-deps install  ## run every test (slow ones included); fails if no t
 bench: install  ## run the benchmarks and print their tables
 	$(PY) -m benchmarks
 
-lint:  ## ruff + ansible-lint
+lint: install  ## ruff (with its security rules), the import contracts (.importlinter), ansible-lint
 	$(VENV)/bin/ruff check worker tests infra benchmarks scripts
+	$(VENV)/bin/lint-imports
 	cd playbooks && ../$(VENV)/bin/ansible-lint
 
 clean:

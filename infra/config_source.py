@@ -7,8 +7,8 @@ from typing import Any
 
 import pulumi
 
-from infra.settings import CONFIG_NAMESPACE, SECTIONS, StackConfig, parse_stack_config
 from worker.config import ConfigError
+from worker.stackconfig import CONFIG_NAMESPACE, SECTIONS, StackConfig, parse_stack_config
 
 
 def read_stack_config() -> tuple[StackConfig, str | None, pulumi.Output[str] | None]:

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from infra.settings import InstallSettings
 from worker.config import AgentConfig, dump_agent_config, parse_agent_config
+from worker.stackconfig import InstallSettings
 
 LINUX_CONFIG_PATH = "/etc/pool-agent/agent.yaml"
 WINDOWS_CONFIG_PATH = r"C:\ProgramData\pool-agent\agent.yaml"

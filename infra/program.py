@@ -10,9 +10,9 @@ from pulumi_azure_native import managedidentity, resources
 from infra.custom_data import QueueAccess
 from infra.naming import resource_group_name
 from infra.queues import CompetitionQueues, CompetitionQueuesArgs
-from infra.settings import StackConfig
 from infra.storage import CompetitionStorage, CompetitionStorageArgs
 from infra.workers import WorkerPool, WorkerPoolArgs
+from worker.stackconfig import StackConfig
 
 
 def build(config: StackConfig, *, location: str | None = None,

@@ -15,7 +15,7 @@ from pulumi_azure_native import servicebus
 
 from infra import roles
 from infra.naming import competition_queues, namespace_name
-from infra.settings import ServiceBusConfig
+from worker.stackconfig import ServiceBusConfig
 
 WORKER_LISTEN, WORKER_SEND = "worker-listen", "worker-send"
 SITE_SEND, SITE_LISTEN = "site-send", "site-listen"

@@ -17,7 +17,7 @@ from pulumi_azure_native import storage
 
 from infra import roles
 from infra.naming import competition_containers, storage_account_name
-from infra.settings import StorageConfig
+from worker.stackconfig import StorageConfig
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pulumi_azure_native import compute, monitor, network
 
 from infra import custom_data
 from infra.naming import computer_name_prefix
-from infra.settings import WorkersConfig, iso_duration
+from worker.stackconfig import WorkersConfig, iso_duration
 
 SERVICE_BUS_METRICS = "Microsoft.ServiceBus/namespaces"
 REMOTE_PORTS = {"linux": "22", "windows": "5986"}  # SSH / WinRM over HTTPS

@@ -5,8 +5,24 @@ from __future__ import annotations
 import importlib
 
 import typer
+from typer.core import TyperGroup
+
+from worker.errors import PoolError
+
+
+class _PoolGroup(TyperGroup):
+    """Every command's expected failures (:class:`PoolError`) end the same way: one line, exit 2."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except PoolError as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=_PoolGroup,
     name="pool",
     help=(
         "compute-pools: run competition submissions and other long tasks on pools of workers "

@@ -2,7 +2,7 @@
 
 ``AgentConfig`` is THE worker config format: ``pool agent --config FILE`` reads it, the Pulumi
 program renders it into a scale set's custom data and the Ansible role renders it from variables —
-both must produce a file that :func:`load_agent_config` accepts. This module imports nothing of ours.
+both must produce a file that :func:`load_agent_config` accepts. This module imports only :mod:`worker.errors`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message says which field and why."""
+from worker.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -49,7 +47,7 @@ class QueueProperties(_Strict):
 
     One definition for both places that describe queues: the local endpoint's config
     (``worker.emulator.config.QueueConfig``) and the Pulumi stack config
-    (``infra.settings.QueueProperties``); each adds the bounds of its own side."""
+    (``worker.stackconfig.QueueProperties``); each adds the bounds of its own side."""
 
     lock_duration: timedelta = timedelta(minutes=1)
     max_delivery_count: int = Field(default=10, ge=1, le=2000)

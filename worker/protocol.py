@@ -4,7 +4,7 @@ or :data:`SUBJECT_PRESENCE`; a message without a subject is a Status, as sent by
 
 Messages carry ids and SAS URLs, never payloads. JSON on the wire, versioned by ``schema_version``;
 anything that does not validate raises :class:`ProtocolError` with a readable reason, which the
-receiver turns into a dead-letter reason. This module imports nothing of ours.
+receiver turns into a dead-letter reason. This module imports only :mod:`worker.errors`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.errors import PoolError
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -28,7 +30,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ProtocolError(ValueError):
+class ProtocolError(PoolError, ValueError):
     """A message that cannot be accepted; ``str(error)`` is the dead-letter description."""
 
     def __init__(self, reason: str, description: str) -> None:
@@ -79,6 +81,14 @@ class KillReason(StrEnum):
     SHUTDOWN = "shutdown"
 
 
+class ControlSignal(BaseModel):
+    """The body of a task's control blob (written by the site, polled by the worker)."""
+
+    action: Literal["cancel"] = "cancel"
+    reason: str = "cancelled by the site"
+    at: datetime = Field(default_factory=utcnow)
+
+
 class Bundle(_Model):
     """A read-only input: an archive (zip / tar.*) or a single file, fetched through a SAS URL.
 
@@ -123,7 +133,12 @@ class Task(_Model):
     @property
     def message_id(self) -> str:
         """Duplicate-detection id: the same task attempt is never queued twice."""
-        return f"{self.task_id}:{self.attempt}"
+        return task_message_id(self.task_id, self.attempt)
+
+
+def task_message_id(task_id: str, attempt: int) -> str:
+    """The id of a task attempt's message (parsed back by ``worker.wire.parse_task_message_id``)."""
+    return f"{task_id}:{attempt}"
 
 
 class HostFacts(_Model):

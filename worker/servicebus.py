@@ -16,8 +16,14 @@ from azure.servicebus import ServiceBusClient, ServiceBusReceiveMode, ServiceBus
 
 from worker.config import AuthMode, ServiceBusSettings
 
-# Short, bounded SDK retries: the agent has its own reconnect loop with backoff around them.
+# Short, bounded SDK retries: the agent and the site have their own reconnect loops around them.
 CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 10}
+
+
+def client_kwargs(**overrides: Any) -> dict[str, Any]:
+    """The SDK options of every Service Bus client of ours (agent and site): short, bounded retries
+    inside our own reconnect loops (:mod:`worker.reconnect`)."""
+    return {**CLIENT_OPTIONS, **overrides}
 
 
 def make_credential(settings: ServiceBusSettings) -> Any:
@@ -36,7 +42,7 @@ def make_credential(settings: ServiceBusSettings) -> Any:
 
 
 def _client(settings: ServiceBusSettings, connection_string: str | None, **options: Any) -> ServiceBusClient:
-    kwargs = {**CLIENT_OPTIONS, **options}
+    kwargs = client_kwargs(**options)
     if settings.auth is AuthMode.CONNECTION_STRING:
         assert connection_string  # the config validator guarantees it
         return ServiceBusClient.from_connection_string(connection_string, **kwargs)

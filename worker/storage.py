@@ -13,7 +13,7 @@ control         logs       ``tasks/<task>/<attempt>/control``          read
 output archive  outputs    ``tasks/<task>/<attempt>/output.tar.gz``    create, write
 ==============  =========  ==========================================  =====================
 
-Cancellation: the site writes the control blob (JSON, see :class:`ControlSignal`); the agent polls it
+Cancellation: the site writes the control blob (JSON, see :class:`worker.protocol.ControlSignal`); the agent polls it
 through its read-only SAS (a missing blob means "carry on"), so workers need no extra Service Bus
 rights. The worker's side of every SAS URL (append, read the control blob, upload) is
 :mod:`worker.agent.blobs`; this module holds no worker-side copy.
@@ -36,10 +36,9 @@ from azure.storage.blob import (
     ContentSettings,
     generate_blob_sas,
 )
-from pydantic import BaseModel, Field
 
 from worker.config import competition_containers
-from worker.protocol import Bundle
+from worker.protocol import Bundle, ControlSignal
 
 LogStream = Literal["stdout", "stderr"]
 DEFAULT_SAS_MARGIN_S = 6 * 3600.0  # queue wait + upload time on top of the task's time limit
@@ -60,14 +59,6 @@ def control_blob_name(task_id: str, attempt: int) -> str:
 
 def output_blob_name(task_id: str, attempt: int) -> str:
     return f"{task_prefix(task_id, attempt)}/output.tar.gz"
-
-
-class ControlSignal(BaseModel):
-    """The body of a task's control blob."""
-
-    action: Literal["cancel"] = "cancel"
-    reason: str = "cancelled by the site"
-    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import pytest
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
 from worker.agent.limits import effective_limits
-from worker.agent.worker import message_body
 from worker.config import parse_agent_config
 from worker.protocol import ProtocolError, Resources, Task
 from worker.servicebus import make_credential, response_client, task_client
+from worker.wire import message_body
 
 NS = "comp-demo.servicebus.windows.net"
 

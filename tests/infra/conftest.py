@@ -86,7 +86,7 @@ def written_file(document: dict[str, Any], path: str) -> str:
 def run_stack() -> Callable[..., Deployment]:
     """run_stack(config_dict, admin_password=None) -> Deployment of the whole program."""
     from infra.program import build
-    from infra.settings import parse_stack_config
+    from worker.stackconfig import parse_stack_config
 
     def run(config: dict[str, Any], *, admin_password: str | None = None, location: str = "westeurope"):
         return deploy(build, parse_stack_config(config), location=location, admin_password=admin_password)

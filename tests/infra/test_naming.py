@@ -8,8 +8,8 @@ import re
 import pytest
 
 from infra.naming import computer_name_prefix, namespace_name, resource_group_name, storage_account_name
-from infra.settings import NAMESPACE_RE, RESOURCE_GROUP_RE, STORAGE_ACCOUNT_RE
 from worker.config import COMPETITION_NAME_RE, ConfigError
+from worker.stackconfig import NAMESPACE_RE, RESOURCE_GROUP_RE, STORAGE_ACCOUNT_RE
 
 
 def _random_names(count: int = 400) -> list[str]:

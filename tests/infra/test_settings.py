@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import QueueProperties, iso_duration, parse_stack_config
 from tests.infra.conftest import GALLERY, REPO, SSH_KEY, linux_config, windows_config
 from worker.config import ConfigError
+from worker.stackconfig import QueueProperties, iso_duration, parse_stack_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -134,8 +134,8 @@ def test_windows_pool(run_stack):
 
 def test_windows_needs_a_password():
     from infra.program import build
-    from infra.settings import parse_stack_config
     from tests.infra.harness import deploy
+    from worker.stackconfig import parse_stack_config
 
     with pytest.raises(Exception, match="admin password"):
         deploy(build, parse_stack_config(windows_config()), location="westeurope")

@@ -15,7 +15,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, ContentSettings, ExponentialRetry
 
 from worker.agent.errors import InfrastructureError
-from worker.storage import ControlSignal
+from worker.protocol import ControlSignal
 
 APPEND_BLOCK_MAX = 4 * 1024 * 1024  # the service's append-block limit
 _TEXT = ContentSettings(content_type="text/plain; charset=utf-8")

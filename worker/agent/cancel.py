@@ -14,7 +14,7 @@ from typing import Self
 from azure.core.exceptions import AzureError
 
 from worker.agent import blobs
-from worker.storage import ControlSignal
+from worker.protocol import ControlSignal
 
 log = logging.getLogger(__name__)
 

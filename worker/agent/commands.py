@@ -20,14 +20,9 @@ def register(app: typer.Typer) -> None:
         import logging
         import threading
 
-        from worker.config import ConfigError, load_agent_config
-        from worker.execution.base import DriverUnavailable
+        from worker.config import load_agent_config
 
-        try:
-            cfg = load_agent_config(config)
-        except ConfigError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        cfg = load_agent_config(config)  # a ConfigError ends the command with one line (worker.cli)
         logging.basicConfig(level=cfg.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("azure").setLevel(logging.WARNING)
@@ -36,11 +31,7 @@ def register(app: typer.Typer) -> None:
         from worker.agent.worker import Agent
 
         stop = threading.Event()
-        try:
-            worker = Agent(cfg, stop)
-        except (DriverUnavailable, ValueError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        worker = Agent(cfg, stop)  # DriverUnavailable / ConfigError: one line, exit 2
         if check:
             typer.echo(f"config OK; driver {worker.driver.name} available; worker id {worker.worker_id}")
             return

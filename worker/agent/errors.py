@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from worker.errors import PoolError, TaskRejected
 
-class InfrastructureError(RuntimeError):
+__all__ = ["InfrastructureError", "TaskRejected"]
+
+
+class InfrastructureError(PoolError, RuntimeError):
     """Storage or Service Bus failed us (not the program): hand the message back (abandon) so
     Service Bus retries it, and dead-letters it after the queue's max delivery count."""
 
-
-class TaskRejected(RuntimeError):
-    """The task's own inputs are unusable (unsafe archive, program that cannot start): a final
-    ``failed`` status with this message, the message completed, no retry."""

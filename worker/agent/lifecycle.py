@@ -40,11 +40,19 @@ from worker.agent.outputs import OutputTooLarge, pack
 from worker.agent.reporter import TaskReporter
 from worker.agent.workspace import Workspace
 from worker.config import AgentConfig
-from worker.execution.base import ExecutionDriver, ExecutionResult, ExecutionSpec
+from worker.execution.base import Execution, ExecutionDriver, ExecutionResult, ExecutionSpec
 from worker.execution.supervisor import Supervisor
 from worker.protocol import KillReason, Task, TaskState
 
 log = logging.getLogger(__name__)
+
+
+class StopReason(enum.Enum):
+    """Why the agent stopped a task it had not finished (the task is handed back, not failed)."""
+
+    SHUTDOWN = "shutdown"  # the agent is stopping and the task's grace period ran out
+    LOCK_LOST = "lock lost"  # the message lock could not be renewed: Service Bus redelivers the task
+    INFRASTRUCTURE = "infrastructure"  # its logs or statuses could not be written
 
 
 class Outcome(enum.Enum):
@@ -57,6 +65,12 @@ class RunResult:
     outcome: Outcome
     state: TaskState | None = None
     reason: str | None = None
+
+
+@dataclass
+class _Prepared:
+    streamer: LogStreamer
+    spec: ExecutionSpec
 
 
 _FINAL_STATE = {
@@ -79,25 +93,25 @@ class TaskRun:
         self.cache = cache
         self.workspace = Workspace(config.work_dir, task)
         self._supervisor: Supervisor | None = None
-        self._stop_reason: KillReason | None = None
+        self._stop_why: StopReason | None = None
         self._lock = threading.Lock()
         self._infra_error: InfrastructureError | None = None
         self.result: RunResult | None = None
 
     # -- called from other threads -------------------------------------------------------------
-    def stop(self, reason: KillReason) -> None:
-        """Stop the program (shutdown past grace, lock lost, cancellation). Idempotent."""
+    def stop(self, why: StopReason) -> None:
+        """Stop the program and hand the task back; the first reason given is the one reported. Idempotent."""
         with self._lock:
-            if self._stop_reason is None:
-                self._stop_reason = reason
+            if self._stop_why is None:
+                self._stop_why = why
             supervisor = self._supervisor
         if supervisor is not None:
-            supervisor.kill(reason)
+            supervisor.kill(KillReason.SHUTDOWN)
 
     def _infrastructure_failed(self, error: InfrastructureError) -> None:
         """Logs or statuses cannot be written: stop the program; the run hands the task back."""
         self._infra_error = self._infra_error or error
-        self.stop(KillReason.SHUTDOWN)
+        self.stop(StopReason.INFRASTRUCTURE)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -130,6 +144,16 @@ class TaskRun:
             return self._run_received()
 
     def _run_received(self) -> RunResult:
+        prepared = self._prepare()
+        if isinstance(prepared, RunResult):  # cancelled while queued, or unusable inputs
+            return prepared
+        execution = self._start(prepared)
+        if isinstance(execution, RunResult):  # stopped before running, or the program cannot start
+            return execution
+        return self._supervise(prepared, execution)
+
+    def _prepare(self) -> _Prepared | RunResult:
+        """``preparing``: the log blobs, the cancel check, the workspace and inputs, the spec."""
         task, limits_cfg = self.task, self.config.execution.limits
         self.reporter.send(TaskState.PREPARING)
         streamer = LogStreamer(blobs.AppendBlob(task.stdout_url), blobs.AppendBlob(task.stderr_url),
@@ -161,24 +185,34 @@ class TaskRun:
                 gpus=task.resources.gpus if self.config.execution.gpus else 0,
                 image=self.config.execution.image,
             )
-            if self._stop_reason is not None:  # shutdown or lock lost while preparing
-                return RunResult(Outcome.ABANDON, reason=f"stopped before running ({self._stop_reason.value})")
-            try:
-                execution = self.driver.start(spec)
-            except (OSError, ValueError) as exc:
-                raise TaskRejected(f"cannot start the program: {exc}") from None
         except TaskRejected as exc:
-            streamer.write("stderr", f"[pool-agent] {exc}\n".encode())
-            streamer.close()
-            return self._final(TaskState.FAILED, reason=str(exc))
+            return self._reject(streamer, exc)
+        return _Prepared(streamer, spec)
 
+    def _start(self, prepared: _Prepared) -> Execution | RunResult:
+        """Start the program, unless the agent stopped the task meanwhile."""
+        if self._stop_why is not None:  # shutdown or lock lost while preparing
+            return RunResult(Outcome.ABANDON, reason=f"stopped before running ({self._stop_why.value})")
+        try:
+            return self.driver.start(prepared.spec)
+        except (OSError, ValueError) as exc:  # TaskRejected (a ValueError) included: the driver cannot run it
+            return self._reject(prepared.streamer, TaskRejected(f"cannot start the program: {exc}"))
+
+    def _reject(self, streamer: LogStreamer, exc: TaskRejected) -> RunResult:
+        streamer.write("stderr", f"[pool-agent] {exc}\n".encode())
+        streamer.close()
+        return self._final(TaskState.FAILED, reason=str(exc))
+
+    def _supervise(self, prepared: _Prepared, execution: Execution) -> RunResult:
+        """``running``: logs streamed, limits and cancellation watched, until the program ends."""
+        task, streamer, limits = self.task, prepared.streamer, prepared.spec.limits
         supervisor = Supervisor(execution, wall_time_s=limits.wall_time_s, on_output=streamer.write,
-                                max_output_bytes=FLOOD_FACTOR * limits_cfg.log_bytes)
+                                max_output_bytes=FLOOD_FACTOR * self.config.execution.limits.log_bytes)
         with self._lock:
             self._supervisor = supervisor
-            pending_stop = self._stop_reason
+            pending_stop = self._stop_why
         if pending_stop is not None:
-            supervisor.kill(pending_stop)
+            supervisor.kill(KillReason.SHUTDOWN)
         streamer.start()
         try:
             self.reporter.send(TaskState.RUNNING)
@@ -196,7 +230,8 @@ class TaskRun:
         log.info("task %s: program ended: exit=%s signal=%s kill=%s in %.1fs", task.task_id, result.exit_code,
                  result.signal, result.kill_reason, result.duration_s)
         if result.kill_reason is KillReason.SHUTDOWN:
-            return RunResult(Outcome.ABANDON, reason="agent stopped the task (shutdown or lock lost)")
+            why = self._stop_why.value if self._stop_why else "shutdown"
+            return RunResult(Outcome.ABANDON, reason=f"agent stopped the task ({why})")
         return self._finish(result, watcher)
 
     def _finish(self, result: ExecutionResult, watcher: CancelWatcher) -> RunResult:

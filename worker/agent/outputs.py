@@ -6,8 +6,10 @@ import os
 import tarfile
 from pathlib import Path
 
+from worker.errors import PoolError
 
-class OutputTooLarge(ValueError):
+
+class OutputTooLarge(PoolError, ValueError):
     pass
 
 

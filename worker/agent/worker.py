@@ -2,7 +2,7 @@
 
 For each message: decode (invalid -> dead-letter with the readable reason), run the task in a
 thread while this thread keeps the lock alive and watches for shutdown, then settle according to
-the run's outcome. Lost connections are reopened with exponential backoff (tenacity).
+the run's outcome. Lost connections are reopened with exponential backoff (:mod:`worker.reconnect`).
 
 While it has no task the agent reports its presence (worker id, host facts) on the response queue at
 start, every ``heartbeat_interval_s`` and once more, ``left``, on a clean shutdown; the status-sender
@@ -17,37 +17,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiver
-from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
-from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential_jitter
+from azure.servicebus.exceptions import MessageLockLostError
 
 from worker.agent.cache import InputCache
 from worker.agent.hostfacts import host_facts
-from worker.agent.lifecycle import Outcome, TaskRun
+from worker.agent.lifecycle import Outcome, StopReason, TaskRun
 from worker.agent.lock import LockKeeper
-from worker.agent.reporter import StatusSender, TaskReporter
+from worker.agent.reporter import TaskReporter
+from worker.agent.sender import StatusSender
 from worker.config import AgentConfig
 from worker.execution import get_driver
 from worker.execution.base import ExecutionDriver
-from worker.protocol import Activity, KillReason, Presence, ProtocolError, decode_task
+from worker.protocol import Activity, Presence, ProtocolError, Task
+from worker.reconnect import run_with_reconnect
 from worker.servicebus import response_client, task_client, task_receiver
+from worker.wire import decode_message
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (ServiceBusError, OSError)
-HEALTHY_SESSION_S = 30.0  # a connection that lasted this long resets the reconnect backoff
 MAX_DEAD_LETTER_DESCRIPTION = 1000
-
-
-def message_body(message: ServiceBusReceivedMessage) -> bytes:
-    body = message.body
-    if isinstance(body, (bytes, bytearray)):
-        return bytes(body)
-    if isinstance(body, str):
-        return body.encode()
-    try:
-        return b"".join(bytes(part) for part in body)
-    except TypeError:
-        raise ProtocolError("MalformedMessage", "the message body is not binary JSON data") from None
 
 
 class Agent:
@@ -79,21 +67,8 @@ class Agent:
         sender.warm(settings.response_queue)
         sender.presence(settings.response_queue, self._idle_presence, self.config.heartbeat_interval_s)
         try:
-            while not self.stop_event.is_set():
-                retrying = Retrying(
-                    retry=retry_if_exception_type(TRANSIENT),
-                    wait=wait_exponential_jitter(initial=0.5, max=30, jitter=0.5),
-                    stop=stop_when_event_set(self.stop_event),
-                    sleep=self.stop_event.wait,
-                    before_sleep=self._log_retry,
-                    reraise=False,
-                )
-                try:
-                    for attempt in retrying:
-                        with attempt:
-                            self._session(sender)
-                except Exception as exc:  # noqa: BLE001 - tenacity gave up because we are stopping
-                    log.debug("receive loop ended: %r", exc)
+            run_with_reconnect(lambda: self._session(sender), self.stop_event, what="Service Bus",
+                               on_reconnect=self._count_reconnect)
         finally:
             sender.presence(settings.response_queue, None)
             if not sender.send_presence(settings.response_queue, self.presence(Activity.LEFT)):
@@ -114,16 +89,12 @@ class Agent:
         """Called by the status-sender thread when a presence report is due."""
         return None if self._busy else self.presence(Activity.IDLE)
 
-    def _log_retry(self, state) -> None:  # tenacity RetryCallState
+    def _count_reconnect(self) -> None:
         self.reconnects += 1
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("Service Bus connection failed (%s); reconnecting in %.1fs", exc,
-                    state.next_action.sleep if state.next_action else 0)
 
     def _session(self, sender: StatusSender) -> None:
-        """Receive until stopped; returns normally after a long healthy session broke (fresh backoff)."""
+        """Receive until stopped; a broken connection raises (worker.reconnect opens a new session)."""
         settings = self.config.servicebus
-        started = time.monotonic()
         client = task_client(settings)
         try:
             with task_receiver(client, settings.task_queue) as receiver:
@@ -136,12 +107,6 @@ class Agent:
                             self._handle(receiver, message, sender)
                         finally:
                             self._busy = False
-        except TRANSIENT:
-            if time.monotonic() - started > HEALTHY_SESSION_S and not self.stop_event.is_set():
-                log.warning("Service Bus connection lost; reconnecting", exc_info=True)
-                self.reconnects += 1
-                return
-            raise
         finally:
             try:
                 client.close()
@@ -154,7 +119,8 @@ class Agent:
             receiver.abandon_message(message)
             return
         try:
-            task = decode_task(message_body(message))
+            task = decode_message(message, queue="tasks")
+            assert isinstance(task, Task)
         except ProtocolError as exc:
             log.warning("dead-lettering message %s: %s: %s", message.message_id, exc.reason, exc.description)
             receiver.dead_letter_message(message, reason=exc.reason,
@@ -191,10 +157,10 @@ class Agent:
                 grace_deadline = now + self.config.shutdown_grace_s
                 log.info("stopping: the current task has %.0f s to finish", self.config.shutdown_grace_s)
             if grace_deadline is not None and now >= grace_deadline:
-                run.stop(KillReason.SHUTDOWN)
+                run.stop(StopReason.SHUTDOWN)
                 grace_deadline = float("inf")
             if now >= renew_at:
-                keeper.renew(on_lost=lambda why: run.stop(KillReason.SHUTDOWN))
+                keeper.renew(on_lost=lambda why: run.stop(StopReason.LOCK_LOST))
                 renew_at = time.monotonic() + keeper.next_wait()
             wake = min(renew_at, grace_deadline if grace_deadline is not None else now + 0.5)
             thread.join(max(0.01, wake - time.monotonic()))

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
 
 from worker.emulator.config import EmulatorConfig, PolicyConfig, Right
+from worker.errors import PoolError
 
 SAS_PREFIX = "SharedAccessSignature "
 
 
-class AuthError(Exception):
+class AuthError(PoolError):
     """A token that is malformed, expired, badly signed or names an unknown policy."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from worker.emulator import codec
 from worker.emulator.config import QueueConfig
 from worker.emulator.store import MessageRow, Store
+from worker.errors import PoolError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class BrokerError(Exception):
+class BrokerError(PoolError):
     """An operation the broker refuses; ``condition`` is the AMQP error condition the SDK maps."""
 
     def __init__(self, condition: str, description: str, status: int = 400) -> None:

@@ -19,12 +19,14 @@ from proton import int32 as amqp_int  # noqa: F401  (status codes)
 from proton import uint as amqp_uint
 from proton._data import long as amqp_long
 
+from worker.errors import PoolError
+
 HEADER, DELIVERY_ANNOTATIONS, MESSAGE_ANNOTATIONS, PROPERTIES, APPLICATION_PROPERTIES = 0x70, 0x71, 0x72, 0x73, 0x74
 DATA, AMQP_SEQUENCE, AMQP_VALUE, FOOTER = 0x75, 0x76, 0x77, 0x78
 _BARE = (PROPERTIES, APPLICATION_PROPERTIES, DATA, AMQP_SEQUENCE, AMQP_VALUE, FOOTER)
 
 
-class CodecError(ValueError):
+class CodecError(PoolError, ValueError):
     """Bytes that are not a well-formed AMQP message."""
 
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.config import QueueProperties
+from worker.errors import ConfigError
 
 # Azure's rules: queue names 1-260 chars of letters, digits, periods, hyphens, underscores and slashes;
 # the emulator forbids '/' and '$' to keep sub-queue paths ($deadletterqueue, $management) unambiguous.
@@ -25,10 +26,6 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$")
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 
 MAX_LOCK_DURATION = timedelta(minutes=5)
-
-
-class ConfigError(ValueError):
-    """An emulator config that cannot be used; the message says which field and why."""
 
 
 class Right(StrEnum):

@@ -23,12 +23,13 @@ from worker.emulator.app import connection_string
 from worker.emulator.auth import generate_key, make_token
 from worker.emulator.config import EmulatorConfig, PolicyConfig
 from worker.emulator.http import parse_metrics
+from worker.errors import PoolError
 from worker.util.process_group import kill_process_group, stop_process_group
 
 __all__ = ["EmulatorError", "EmulatorProcess", "generate_key"]
 
 
-class EmulatorError(RuntimeError):
+class EmulatorError(PoolError, RuntimeError):
     """The emulator did not start, died, or refused a request."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from worker.errors import ConfigError
 from worker.execution.base import ExecutionDriver
 
 _DRIVERS = {
@@ -23,7 +24,7 @@ def get_driver(name: str, **options: object) -> ExecutionDriver:
     try:
         target = _DRIVERS[name]
     except KeyError:
-        raise ValueError(f"unknown execution driver {name!r}; choose one of {', '.join(_DRIVERS)}") from None
+        raise ConfigError(f"unknown execution driver {name!r}; choose one of {', '.join(_DRIVERS)}") from None
     module_name, class_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(**options)

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from worker.errors import PoolError
+
 _COPY_CHUNK = 1024 * 1024
 
 
-class ArchiveError(ValueError):
+class ArchiveError(PoolError, ValueError):
     """The archive is unsafe or unreadable; the message says which member and why."""
 
 

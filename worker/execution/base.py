@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar
 
+from worker.errors import PoolError
 from worker.protocol import KillReason
 
 
@@ -68,7 +69,7 @@ class ExecutionResult:
         return self.kill_reason is None and self.exit_code == 0
 
 
-class DriverUnavailable(RuntimeError):
+class DriverUnavailable(PoolError, RuntimeError):
     """The driver cannot run on this host (tool missing, wrong OS); the message says what to install."""
 
 

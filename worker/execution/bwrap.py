@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from worker.errors import ConfigError, TaskRejected
 from worker.execution import cgroups, netfilter, scratchfs, seccomp
 from worker.execution import limits as rl
 from worker.execution.base import (
@@ -65,7 +66,7 @@ def gpu_device_nodes(count: int, dev: Path = Path("/dev")) -> list[str]:
     gpus = sorted((p for p in dev.glob("nvidia*") if GPU_NODE_RE.match(p.name)),
                   key=lambda p: int(p.name[len("nvidia"):]))
     if len(gpus) < count:
-        raise ValueError(f"the task asks for {count} GPU(s) but this host has {len(gpus)}")
+        raise TaskRejected(f"the task asks for {count} GPU(s) but this host has {len(gpus)}")
     nodes = [str(p) for p in gpus[:count]]
     nodes += [str(dev / n) for n in GPU_SHARED_NODES if (dev / n).exists()]
     caps = dev / "nvidia-caps"
@@ -93,7 +94,7 @@ class BwrapDriver(ExecutionDriver):
         **_ignored: Any,  # options meant for other drivers (image, ...)
     ) -> None:
         if disk not in ("auto", "loop", "tmpfs", "none"):
-            raise ValueError(f"disk must be auto, loop, tmpfs or none, not {disk!r}")
+            raise ConfigError(f"disk must be auto, loop, tmpfs or none, not {disk!r}")
         self.bwrap = bwrap
         self.is_root = os.geteuid() == 0
         # Only root can switch uid; otherwise the sandbox runs as the agent's uid (mapped to 65534).
@@ -175,13 +176,13 @@ class BwrapDriver(ExecutionDriver):
         """(Re)install the nftables rules before every task with network: idempotent and atomic, and
         a flushed ruleset is caught before the task can use it."""
         if not self.is_root:
-            raise ValueError("this task asks for network, but the agent is not root, so the "
+            raise TaskRejected("this task asks for network, but the agent is not root, so the "
                              "sandbox cannot be kept off the host's loopback services: refused")
         with self._lock:
             try:
                 netfilter.install(self.host_uid, list(self.network_blocked_cidrs))
             except (netfilter.NetfilterError, ValueError) as exc:
-                raise ValueError(f"this task asks for network but the guard rules failed: {exc}") from None
+                raise TaskRejected(f"this task asks for network but the guard rules failed: {exc}") from None
 
     def start(self, spec: ExecutionSpec) -> BwrapExecution:
         if spec.network:
@@ -238,7 +239,7 @@ class BwrapExecution(Execution):
 
     def _path_fd(self, path: Path) -> int:
         if path.is_symlink():
-            raise ValueError(f"refusing to mount a symlink into the sandbox: {path}")
+            raise TaskRejected(f"refusing to mount a symlink into the sandbox: {path}")
         if self.driver.is_root:
             _check_traversable(path, self.driver.host_uid)
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)

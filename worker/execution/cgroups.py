@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.errors import PoolError
 from worker.execution.base import Limits
 from worker.util.pids import pid_alive
 
@@ -38,7 +39,7 @@ def task_cgroup_name(task_id: str, unique: str) -> str:
     return f"pool-{os.getpid()}-{task_id}-{unique}"
 
 
-class CgroupError(OSError):
+class CgroupError(PoolError, OSError):
     """A cgroup could not be made or changed (an OSError, so the agent rejects the task cleanly)."""
 
 

@@ -144,8 +144,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from worker.errors import PoolError
         from worker.execution import driver_names, get_driver
-        from worker.execution.base import DriverUnavailable
 
         console = Console()
         if driver not in driver_names():
@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
         try:
             instance = get_driver(driver)
             instance.check_available()
-        except (DriverUnavailable, OSError, ValueError) as exc:
+        except (PoolError, OSError) as exc:
             console.print(f"[red]driver {driver} is not usable on this host:[/] {exc}")
             raise typer.Exit(2) from None
 

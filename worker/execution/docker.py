@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+from worker.errors import TaskRejected
 from worker.execution.base import (
     DriverUnavailable,
     Execution,
@@ -44,10 +45,10 @@ def build_run_command(spec: ExecutionSpec, name: str, *, engine: str = "docker",
     """The ``docker run`` command line for one execution (pure: unit-tested)."""
     image = spec.image or image
     if not image:
-        raise ValueError("the docker driver needs an image (execution.image in the agent config, or the task's)")
+        raise TaskRejected("the docker driver needs an image (execution.image in the agent config, or the task's)")
     lim = spec.limits
     if image.startswith("-") or any(c.isspace() for c in image):
-        raise ValueError(f"not an image reference: {image!r}")
+        raise TaskRejected(f"not an image reference: {image!r}")
     cmd = [engine, "run", "--name", name, "--init",
            "--label", f"pool.task={spec.task_id}",
            "--network", network if spec.network else "none",

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from worker.errors import TaskRejected
 from worker.execution import win32api as w
 from worker.execution.base import (
     DriverUnavailable,
@@ -94,10 +95,10 @@ class JobObjectDriver(ExecutionDriver):
 
     def start(self, spec: ExecutionSpec) -> JobExecution:
         if spec.gpus:
-            raise ValueError("GPU tasks are not supported by the jobobject driver")
+            raise TaskRejected("GPU tasks are not supported by the jobobject driver")
         api = self.api
         if spec.network:
-            raise ValueError("this worker cannot give tasks network on Windows without exposing the host: refused")
+            raise TaskRejected("this worker cannot give tasks network on Windows without exposing the host: refused")
         if self.block_network and not self._network_blocked:
             api.block_network(self.account)
             self._network_blocked = True

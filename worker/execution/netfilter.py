@@ -16,12 +16,14 @@ import os
 import shutil
 import subprocess
 
+from worker.errors import PoolError
+
 TABLE = "pool_sandbox"
 BLOCKED_V4 = ["127.0.0.0/8", "169.254.0.0/16", "168.63.129.16/32"]
 BLOCKED_V6 = ["::1/128", "fe80::/10"]
 
 
-class NetfilterError(RuntimeError):
+class NetfilterError(PoolError, RuntimeError):
     pass
 
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Self
 
+from worker.errors import PoolError
 from worker.local.processes import free_port, wait_for_port
 from worker.util.process_group import kill_process_group, stop_process_group
 
@@ -23,7 +24,7 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class AzuriteNotFound(RuntimeError):
+class AzuriteNotFound(PoolError, RuntimeError):
     pass
 
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from worker.errors import PoolError
 from worker.local.profile import load_profile
 from worker.site.models import Task
 from worker.site.service import Site
@@ -14,7 +15,7 @@ from worker.storage import LogStream
 RUNNERS = (("run.sh", ["sh", "../program/run.sh"]), ("main.py", ["python3", "../program/main.py"]))
 
 
-class ClientError(RuntimeError):
+class ClientError(PoolError, RuntimeError):
     pass
 
 

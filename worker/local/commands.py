@@ -161,12 +161,10 @@ def competition_create(
     """Create a competition: its task/response queue pair (worker and site policies with least
     rights), its blob containers and its pool on the site. On the local stack this happens at
     runtime, no restart; `pool local up` starts its agents."""
-    from worker.config import ConfigError, check_competition_name
+    from worker.config import check_competition_name
+    from worker.errors import PoolError
 
-    try:
-        check_competition_name(name)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+    check_competition_name(name)  # a ConfigError: one line, exit 2 (worker.cli)
     if azure:
         try:
             from worker.site import provisioning
@@ -175,19 +173,17 @@ def competition_create(
         try:
             outputs = provisioning.create_competition_stack(name, config_file=stack_config, stack=stack,
                                                             on_output=typer.echo)
-        except (ConfigError, provisioning.ProvisioningError) as exc:
+        except PoolError as exc:
             raise _fail(str(exc)) from None
         secret = getattr(provisioning, "SECRET_OUTPUTS", frozenset())
         for key, value in sorted(outputs.items()):  # the site's connection strings are not printed
             typer.echo(f"{key}: {'(secret: read it with `pulumi stack output --show-secrets`)' if key in secret else value}")
         return
     from worker.local.competition import create_local_competition
-    from worker.local.emulator_admin import EmulatorAdminError
-    from worker.local.profile import StackNotRunning
 
     try:
         info = create_local_competition(data_dir, name)
-    except (StackNotRunning, EmulatorAdminError) as exc:
+    except PoolError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"competition {name}: task queue {info.task_queue}, response queue {info.response_queue}, "
                f"containers {name}-bundles/-logs/-outputs")
@@ -212,10 +208,9 @@ def submit(
 ) -> None:
     """Submit a task to a pool: `pool submit --wait -- python3 -c 'print(42)'` or
     `pool submit --bundle ./my-program --wait`."""
+    from worker.errors import PoolError
     from worker.local.client import ClientError, bundle_command, open_site, wait_for
-    from worker.local.profile import StackNotRunning
-    from worker.site.pools import UnknownPool
-    from worker.site.producer import Submission, SubmitError
+    from worker.site.producer import Submission
 
     argv = list(command or [])
     if not argv and bundle is None:
@@ -229,14 +224,14 @@ def submit(
             if not Path(path).exists():
                 raise ClientError(f"--input {name}={path}: no such file or directory")
         site = open_site(data_dir)
-    except (ClientError, StackNotRunning, ValueError) as exc:
+    except (PoolError, ValueError) as exc:
         raise _fail(str(exc), 2) from None
     with site:
         try:
             task = site.producer.submit(Submission(pool=competition, command=argv, program=bundle,
                                                    inputs={k: Path(v) for k, v in input_map.items()},
                                                    time_limit_s=time_limit, env=env_map))
-        except (UnknownPool, SubmitError, FileNotFoundError, ValueError) as exc:
+        except (PoolError, FileNotFoundError, ValueError) as exc:
             raise _fail(str(exc)) from None
         typer.echo(f"submitted {task.id} to {competition}")
         if not wait:

@@ -8,8 +8,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from worker.errors import PoolError
 
-class EmulatorAdminError(RuntimeError):
+
+class EmulatorAdminError(PoolError, RuntimeError):
     pass
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.errors import PoolError
 from worker.site.service import SiteSettings
 from worker.util.pids import pid_alive
 
@@ -22,7 +23,7 @@ PROFILE_NAME = "profile.yaml"
 DEFAULT_DATA_DIR = Path(".pool")
 
 
-class StackNotRunning(RuntimeError):
+class StackNotRunning(PoolError, RuntimeError):
     pass
 
 

@@ -31,6 +31,7 @@ from worker.config import (
     ServiceBusSettings,
     dump_agent_config,
 )
+from worker.errors import PoolError
 from worker.local.azurite import AzuriteProcess
 from worker.local.competition import ROOT_POLICY, create_local_competition, emulator_connection_string
 from worker.local.emulator_admin import EmulatorAdmin
@@ -56,7 +57,7 @@ RESTART_BACKOFF_S = (1.0, 30.0)  # first pause, longest pause (doubling in betwe
 READY_LINE = b"ready, waiting for tasks"  # the agent's log line once its receiver is attached
 
 
-class StackError(RuntimeError):
+class StackError(PoolError, RuntimeError):
     pass
 
 

@@ -46,8 +46,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class SiteState(StrEnum):
-    """A task's state on the site: QUEUED (row written, message sent or about to be) then the
-    worker-reported protocol states."""
+    """A task's state on the site: QUEUED (row written, message sent or about to be), the
+    worker-reported protocol states, and LOST (its worker went silent; a step on the way to a new
+    attempt or to FAILED, seen in the history)."""
 
     QUEUED = "queued"
     RECEIVED = TaskState.RECEIVED.value
@@ -58,18 +59,20 @@ class SiteState(StrEnum):
     FAILED = TaskState.FAILED.value
     TIMED_OUT = TaskState.TIMED_OUT.value
     CANCELLED = TaskState.CANCELLED.value
+    LOST = "lost"
 
     @property
     def terminal(self) -> bool:
         return self.value in TERMINAL
 
     @property
-    def active(self) -> bool:  # a worker has it
+    def active(self) -> bool:
+        """A worker has it: a worker-reported state that is not final."""
         return self.value in ACTIVE
 
 
 TERMINAL = frozenset(s.value for s in TaskState if s.terminal)
-ACTIVE = frozenset({"received", "preparing", "running", "uploading"})
+ACTIVE = frozenset(s.value for s in TaskState if not s.terminal)  # derived: the worker-reported, unfinished states
 
 
 class Base(DeclarativeBase):

@@ -22,13 +22,15 @@ from azure.servicebus import ServiceBusReceiveMode, ServiceBusReceiver, ServiceB
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.protocol import ProtocolError, decode_task
+from worker.reconnect import run_with_reconnect
+from worker.site import transitions
 from worker.site.db import retrying
-from worker.site.models import ACTIVE, Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import ACTIVE, Pool, SiteState, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import list_pools
 from worker.site.producer import Producer, SubmitError
 from worker.site.queues import SiteQueues
+from worker.wire import task_ref
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +81,11 @@ class Monitor:
                 pass
 
     def _run(self) -> None:
-        while not self.stop_event.wait(self.interval_s):
-            try:
+        def ticks() -> None:
+            while not self.stop_event.wait(self.interval_s):
                 self.tick()
-            except Exception as exc:  # noqa: BLE001 - the monitor must outlive a bad tick
-                log.warning("monitor tick failed: %s", exc)
+
+        run_with_reconnect(ticks, self.stop_event, what="monitor")  # outlives a bad tick, backing off
 
     def tick(self, now: datetime | None = None) -> None:
         self.resend_unsent(now)
@@ -147,24 +149,11 @@ class Monitor:
         silent = (now - row.last_heard_at).total_seconds()
         reason = f"lost: no status from worker {row.worker_id} for {silent:.0f} s"
         old_attempt = row.attempt
-        session.add(TaskEvent(task_id=row.id, attempt=old_attempt, seq=-1, state="lost", source="site",
-                              worker_id=row.worker_id, reason=reason, reported_at=now, recorded_at=now))
+        transitions.lose(session, row, reason, now)
         if row.attempt < row.max_attempts and row.cancel_requested_at is None:
-            row.attempt += 1
-            row.state = SiteState.QUEUED.value
-            row.sent_at = None
-            row.last_seq = -1
-            row.delivery_started_at = row.last_status_at = None
-            row.worker_id = None
-            session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=SiteState.QUEUED.value,
-                                  source="site", reason=f"resubmitted after {reason}", reported_at=now,
-                                  recorded_at=now))
+            transitions.requeue(session, row, f"resubmitted after {reason}", now)
             return row.pool, old_attempt, True
-        row.state = SiteState.FAILED.value
-        row.reason = f"{reason} (attempt {row.attempt} of {row.max_attempts})"
-        row.finished_at = now
-        session.add(TaskEvent(task_id=row.id, attempt=old_attempt, seq=-1, state=row.state, source="site",
-                              reason=row.reason, reported_at=now, recorded_at=now))
+        transitions.fail(session, row, f"{reason} (attempt {row.attempt} of {row.max_attempts})", now)
         return row.pool, old_attempt, False
 
     def drain_dead_letters(self, pool: Pool, max_messages: int = 50) -> int:
@@ -179,7 +168,7 @@ class Monitor:
         handled = 0
         messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=0.2)
         for message in messages:
-            task_id, attempt = _task_ref(message.message_id, b"".join(message.body))
+            task_id, attempt = task_ref(message)
             reason = f"dead-lettered: {message.dead_letter_reason or 'unknown reason'}"
             if message.dead_letter_error_description:
                 reason += f": {message.dead_letter_error_description}"
@@ -214,25 +203,8 @@ class Monitor:
         return depth
 
 
-def _task_ref(message_id: str | None, body: bytes) -> tuple[str | None, int | None]:
-    if message_id and ":" in message_id:
-        task_id, _, attempt = message_id.rpartition(":")
-        if attempt.isdigit():
-            return task_id, int(attempt)
-    try:
-        task = decode_task(body)
-        return task.task_id, task.attempt
-    except ProtocolError:
-        return (message_id or None), None
-
-
 def _fail_dead_lettered(session: Session, task_id: str, attempt: int | None, reason: str) -> None:
     row = session.get(TaskRow, task_id, with_for_update=True)
     if row is None or row.site_state.terminal or (attempt is not None and attempt != row.attempt):
         return
-    now = utcnow()
-    row.state = SiteState.FAILED.value
-    row.reason = reason
-    row.finished_at = now
-    session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state, source="site",
-                          reason=reason, reported_at=now, recorded_at=now))
+    transitions.fail(session, row, reason)

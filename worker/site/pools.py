@@ -6,10 +6,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.config import competition_queues
+from worker.errors import PoolError
 from worker.site.models import Pool
 
 
-class UnknownPool(LookupError):
+class UnknownPool(PoolError, LookupError):
     pass
 
 

@@ -18,8 +18,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
+from worker.errors import PoolError
+from worker.site import transitions
 from worker.site.db import retrying, transaction
-from worker.site.models import Pool, SiteState, TaskEvent, utcnow
+from worker.site.models import Pool, SiteState, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import get_pool
 from worker.site.queues import SiteQueues
@@ -28,7 +30,7 @@ from worker.storage import Storage, StoredBundle
 log = logging.getLogger(__name__)
 
 
-class SubmitError(RuntimeError):
+class SubmitError(PoolError, RuntimeError):
     pass
 
 
@@ -74,12 +76,10 @@ class Producer:
             id=submission.task_id or new_task_id(), pool=submission.pool, task_type=submission.task_type.value,
             command=list(submission.command), env=dict(submission.env), bundles=bundles,
             time_limit_s=submission.time_limit_s, resources=submission.resources.model_dump(mode="json"),
-            max_attempts=submission.max_attempts, state=SiteState.QUEUED.value, attempt=1,
+            max_attempts=submission.max_attempts,
         )
         with transaction(self.sessions) as session:
-            session.add(row)
-            session.add(TaskEvent(task_id=row.id, attempt=1, seq=-1, state=SiteState.QUEUED.value,
-                                  source="site", reason="submitted", reported_at=utcnow()))
+            transitions.submit(session, row)
         self._send(row, pool)  # the row and pool in hand: no second read before the send
         return row
 
@@ -144,11 +144,7 @@ class Producer:
                 return row
             row.cancel_requested_at = row.cancel_requested_at or utcnow()
             if row.state == SiteState.QUEUED.value:
-                row.state = SiteState.CANCELLED.value
-                row.finished_at = utcnow()
-                row.reason = reason
-                session.add(TaskEvent(task_id=row.id, attempt=row.attempt, seq=-1, state=row.state,
-                                      source="site", reason=reason, reported_at=utcnow()))
+                transitions.cancel(session, row, reason)
             return row
 
         row = retrying(self.sessions, request)

@@ -1,7 +1,7 @@
 """Create (or update) a competition's pool in Azure through Pulumi's Automation API.
 
 ``create_competition_stack("demo", config_file=Path("Pulumi.linux-pool.yaml.example"))`` validates the
-stack config with the Pulumi program's own model (``infra/settings.py``), selects or creates the stack
+stack config with the Pulumi program's own model (:mod:`worker.stackconfig`), selects or creates the stack
 (named after the competition unless told otherwise), writes the config into it and runs ``pulumi up``
 on the program in ``infra/`` (``Pulumi.yaml`` at the repository root), streaming the engine's output.
 
@@ -12,19 +12,17 @@ everything else that stops a deployment is :class:`ProvisioningError`.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from worker.config import ConfigError, check_competition_name, load_yaml
+from worker.errors import PoolError
+from worker.stackconfig import CONFIG_NAMESPACE, parse_stack_config
 
-CONFIG_NAMESPACE = "pool"
 ADMIN_PASSWORD_ENV = "POOL_ADMIN_PASSWORD"  # Windows pools: the VMs' admin password (stored as a secret)
 PROJECT_DIR_ENV = "POOL_INFRA_PROJECT_DIR"  # a checkout holding Pulumi.yaml + infra/, if not this one
 
@@ -34,7 +32,7 @@ SECRET_OUTPUTS = frozenset({"site_task_queue_connection_string", "site_response_
                             "site_storage_connection_string"})
 
 
-class ProvisioningError(RuntimeError):
+class ProvisioningError(PoolError, RuntimeError):
     """The stack could not be deployed; the message says why and what to do."""
 
 
@@ -64,20 +62,6 @@ def pulumi_cli() -> str:
             "curl -fsSL https://get.pulumi.com | sh), log in to a backend (pulumi login, or "
             "pulumi login --local), run az login, and try again")
     return found
-
-
-def _settings_module(root: Path) -> ModuleType:
-    """The program's stack-config model (``infra/settings.py``: pydantic + worker.config only)."""
-    name = "compute_pools_infra_settings"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, root / "infra" / "settings.py")
-    if spec is None or spec.loader is None:  # pragma: no cover - the file was checked by project_dir
-        raise ProvisioningError(f"cannot load {root / 'infra' / 'settings.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -116,8 +100,7 @@ def stack_config_values(competition: str, config_file: Path | None = None) -> di
     values[f"{CONFIG_NAMESPACE}:competition"] = competition
     password = values.pop(f"{CONFIG_NAMESPACE}:admin_password", None) or os.environ.get(ADMIN_PASSWORD_ENV)
 
-    settings = _settings_module(project_dir())
-    parsed = settings.parse_stack_config(values, source)  # raises ConfigError listing every problem
+    parsed = parse_stack_config(values, source)  # raises ConfigError listing every problem
     if not (parsed.location or values.get("azure-native:location")):
         raise ConfigError(f"{source}: set azure-native:location (the Azure region, e.g. westeurope)")
     if parsed.workers.os == "windows" and not password:

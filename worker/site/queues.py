@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
+from azure.servicebus import ServiceBusClient, ServiceBusSender
 
-from worker.protocol import CONTENT_TYPE, Task, encode
+from worker.protocol import Task
+from worker.servicebus import client_kwargs
+from worker.wire import task_message
 
 
 class SiteQueues:
@@ -25,12 +27,11 @@ class SiteQueues:
             raise ValueError("no Service Bus connection string for this pool and no namespace-level one")
         with self._lock:
             if cs not in self._clients:
-                self._clients[cs] = ServiceBusClient.from_connection_string(cs)
+                self._clients[cs] = ServiceBusClient.from_connection_string(cs, **client_kwargs())
             return self._clients[cs]
 
     def send_task(self, connection_string: str | None, queue: str, task: Task) -> None:
-        message = ServiceBusMessage(encode(task), message_id=task.message_id, content_type=CONTENT_TYPE,
-                                    subject=task.task_type.value)
+        message = task_message(task)
         key = (connection_string or "", queue)
         with self._lock:
             lock = self._send_locks.setdefault(key, threading.Lock())

@@ -25,10 +25,13 @@ from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, S
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
+from worker.reconnect import run_with_reconnect
+from worker.site import transitions
 from worker.site.db import retrying
 from worker.site.models import Task as TaskRow
-from worker.site.models import TaskEvent, Worker, utcnow
+from worker.site.models import Worker, utcnow
 from worker.site.queues import SiteQueues
+from worker.wire import batch_rest, decode_message, message_kind
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,6 @@ class Outcome(StrEnum):
     TERMINAL = "terminal"  # the task already reached a final state
     UNKNOWN_TASK = "unknown_task"
     PRESENCE = "presence"  # a worker's presence report applied
-
-
-UNKNOWN_KIND = "UnknownMessageKind"
 
 
 def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
@@ -79,22 +79,7 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
     _touch_worker(session, row, status, now)
     if status.state.value == row.state:
         return Outcome.HEARTBEAT
-    row.state = status.state.value
-    if status.state is protocol.TaskState.RUNNING and row.started_at is None:
-        row.started_at = status.timestamp
-    if status.exit_code is not None:
-        row.exit_code = status.exit_code
-    if status.kill_reason is not None:
-        row.kill_reason = status.kill_reason.value
-    if status.reason:
-        row.reason = status.reason
-    if status.output_bytes is not None:
-        row.output_bytes = status.output_bytes
-    if status.state.terminal:
-        row.finished_at = now
-    session.add(TaskEvent(task_id=row.id, attempt=status.attempt, seq=status.seq, state=status.state.value,
-                          source="worker", worker_id=status.worker_id, reason=status.reason,
-                          reported_at=status.timestamp, recorded_at=now))
+    transitions.apply_worker_status(session, row, status, now)
     return Outcome.APPLIED
 
 
@@ -138,14 +123,6 @@ def apply_presence(session: Session, presence: protocol.Presence, pool: str | No
     return Outcome.PRESENCE
 
 
-def message_kind(message: ServiceBusReceivedMessage) -> str:
-    """The message's subject (``status`` when it has none: agents before presence reports)."""
-    subject = message.subject
-    if isinstance(subject, bytes):
-        subject = subject.decode(errors="replace")
-    return subject or protocol.SUBJECT_STATUS
-
-
 def _prefetched(receiver: ServiceBusReceiver) -> int:
     """Messages the SDK already holds for this receiver (a private attribute of azure-servicebus
     7.15's pyamqp transport; 0 when it is not there, which only costs batching)."""
@@ -153,14 +130,6 @@ def _prefetched(receiver: ServiceBusReceiver) -> int:
         return int(receiver._handler._received_messages.qsize())  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001
         return 0
-
-
-def _batch_rest(message: ServiceBusReceivedMessage) -> int:
-    """How many messages the agent sent in the same batch after this one (its ``batch_rest``
-    application property; 0 without it). They are already on their way to this receiver."""
-    props = message.application_properties or {}
-    value = props.get(b"batch_rest", props.get("batch_rest", 0))  # type: ignore[call-overload]
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 @dataclass
@@ -205,27 +174,22 @@ class Watcher:
             thread.join(timeout)
 
     def _run_pool(self, pool: str, queue: str, connection_string: str | None) -> None:
-        backoff = 0.5
-        while not self.stop_event.is_set():
-            try:
-                client = self.queues.client(connection_string)
-                with client.get_queue_receiver(queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
-                                               prefetch_count=self.batch) as receiver:
-                    backoff = 0.5
-                    while not self.stop_event.is_set():
-                        # One message as soon as it arrives, then what is already prefetched or known to
-                        # be right behind it (the rest of the agent's batch): asking the SDK for more than
-                        # will come waits ~200 ms for further messages.
-                        messages = receiver.receive_messages(max_message_count=1, max_wait_time=self.wait_s)
-                        more = min(max(_prefetched(receiver), *map(_batch_rest, messages), 0), self.batch - 1)
-                        if messages and more > 0:
-                            messages += receiver.receive_messages(max_message_count=more, max_wait_time=1)
-                        if messages:
-                            self.handle(receiver, messages, pool)
-            except Exception as exc:  # noqa: BLE001 - reconnect with backoff, never die
-                log.warning("watcher for pool %s: %s; reconnecting in %.1f s", pool, exc, backoff)
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+        def session() -> None:
+            client = self.queues.client(connection_string)
+            with client.get_queue_receiver(queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+                                           prefetch_count=self.batch) as receiver:
+                while not self.stop_event.is_set():
+                    # One message as soon as it arrives, then what is already prefetched or known to
+                    # be right behind it (the rest of the agent's batch): asking the SDK for more than
+                    # will come waits ~200 ms for further messages.
+                    messages = receiver.receive_messages(max_message_count=1, max_wait_time=self.wait_s)
+                    more = min(max(_prefetched(receiver), *map(batch_rest, messages), 0), self.batch - 1)
+                    if messages and more > 0:
+                        messages += receiver.receive_messages(max_message_count=more, max_wait_time=1)
+                    if messages:
+                        self.handle(receiver, messages, pool)
+
+        run_with_reconnect(session, self.stop_event, what=f"watcher for pool {pool}")  # never dies
 
     def handle(self, receiver: ServiceBusReceiver, messages: list[ServiceBusReceivedMessage],
                pool: str | None = None) -> None:
@@ -233,18 +197,12 @@ class Watcher:
         the batch came from (the pool a presence report's worker belongs to)."""
         statuses: list[tuple[ServiceBusReceivedMessage, protocol.Status | protocol.Presence]] = []
         for message in messages:
-            kind = message_kind(message)
             try:
-                body = b"".join(message.body)
-                if kind == protocol.SUBJECT_STATUS:
-                    statuses.append((message, protocol.decode_status(body)))
-                elif kind == protocol.SUBJECT_PRESENCE:
-                    statuses.append((message, protocol.decode_presence(body)))
-                else:
-                    raise protocol.ProtocolError(UNKNOWN_KIND, f"unknown message subject {kind[:100]!r} "
-                                                 f"(expected {protocol.SUBJECT_STATUS!r} or {protocol.SUBJECT_PRESENCE!r})")
+                report = decode_message(message)
+                assert isinstance(report, (protocol.Status, protocol.Presence))
+                statuses.append((message, report))
             except protocol.ProtocolError as exc:
-                log.warning("dead-lettering malformed %s %s: %s", kind[:100], message.message_id, exc)
+                log.warning("dead-lettering malformed %s %s: %s", message_kind(message)[:100], message.message_id, exc)
                 receiver.dead_letter_message(message, reason=exc.reason, error_description=exc.description[:1024])
                 self._count(dead_lettered=1)
 

@@ -5,8 +5,9 @@ Every key lives in the ``pool`` namespace of the stack config (``pool:competitio
 same snake_case names and defaults as the local Service Bus endpoint's YAML config, so one set of
 numbers describes both the local namespace and the Azure one.
 
-This module is self-contained on purpose (pydantic, stdlib and ``worker.config`` only): the site's
-provisioning code loads it to validate a config file before it ever starts the Pulumi CLI.
+It lives in the installed package (pydantic, stdlib and ``worker.config`` only, no Pulumi): the Pulumi
+program in ``infra/`` builds the stack from it, and the site's provisioning code validates a config file
+with it before it ever starts the Pulumi CLI.
 """
 
 from __future__ import annotations

@@ -1,0 +1,162 @@
+"""The wire format on the queues, in one place: how a Task, a Status and a Presence become Service Bus
+messages (body, subject, message id, application properties) and how a received message becomes one
+of them again. The models themselves are :mod:`worker.protocol`; this module adds the envelope.
+
+==========  =============  ==============================================  =====================
+message     subject        message id                                      on queue
+==========  =============  ==============================================  =====================
+Task        its task type  ``<task_id>:<attempt>`` (duplicate detection)   ``<competition>-tasks``
+Status      ``status``     ``<task_id>:<attempt>:<seq>``                   ``<competition>-responses``
+Presence    ``presence``   ``presence:<worker>:<timestamp>:<seq>``         ``<competition>-responses``
+==========  =============  ==============================================  =====================
+
+A response message without a subject is a Status (agents before presence reports). On the task
+queue every message is a Task: its subject only names the task type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from azure.servicebus import ServiceBusMessage
+
+from worker.protocol import (
+    CONTENT_TYPE,
+    SUBJECT_PRESENCE,
+    SUBJECT_STATUS,
+    Presence,
+    ProtocolError,
+    Status,
+    Task,
+    decode_presence,
+    decode_status,
+    decode_task,
+    encode,
+    task_message_id,
+)
+
+__all__ = [
+    "BATCH_REST",
+    "UNKNOWN_KIND",
+    "batch_rest",
+    "decode_message",
+    "message_body",
+    "message_kind",
+    "parse_task_message_id",
+    "presence_message",
+    "report_message",
+    "status_message",
+    "task_message",
+    "task_message_id",
+    "task_ref",
+]
+
+BATCH_REST = "batch_rest"  # application property: how many messages of the same batch follow this one
+UNKNOWN_KIND = "UnknownMessageKind"  # dead-letter reason of a response message with an unknown subject
+
+Queue = Literal["tasks", "responses"]
+_RESPONSE_DECODERS: dict[str, Callable[[bytes], Status | Presence]] = {
+    SUBJECT_STATUS: decode_status,
+    SUBJECT_PRESENCE: decode_presence,
+}
+
+
+# -- building ----------------------------------------------------------------------------------------
+def task_message(task: Task) -> ServiceBusMessage:
+    return ServiceBusMessage(encode(task), message_id=task.message_id, content_type=CONTENT_TYPE,
+                             subject=task.task_type.value)
+
+
+def status_message(status: Status, rest: int = 0) -> ServiceBusMessage:
+    """``rest``: how many messages of the same batch follow this one (a hint that lets the site's
+    watcher take the whole batch into one transaction instead of waiting to learn of them)."""
+    return ServiceBusMessage(
+        encode(status),
+        content_type=CONTENT_TYPE,
+        subject=SUBJECT_STATUS,
+        message_id=f"{status.task_id}:{status.attempt}:{status.seq}",
+        application_properties={"task_id": status.task_id, "state": status.state.value, BATCH_REST: rest},
+    )
+
+
+def presence_message(presence: Presence, rest: int = 0) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        encode(presence),
+        content_type=CONTENT_TYPE,
+        subject=SUBJECT_PRESENCE,
+        message_id=f"presence:{presence.worker_id}:{presence.timestamp.timestamp():.6f}:{presence.seq}",
+        application_properties={"worker_id": presence.worker_id, "activity": presence.activity.value,
+                                BATCH_REST: rest},
+    )
+
+
+def report_message(report: Status | Presence, rest: int = 0) -> ServiceBusMessage:
+    """A response-queue message: a Status or a Presence."""
+    return presence_message(report, rest) if isinstance(report, Presence) else status_message(report, rest)
+
+
+# -- reading -----------------------------------------------------------------------------------------
+def message_body(message: Any) -> bytes:
+    """The body of a received message as bytes (the SDK gives bytes, a str, or an iterable of parts)."""
+    body = message.body
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    try:
+        return b"".join(bytes(part) for part in body)
+    except TypeError:
+        raise ProtocolError("MalformedMessage", "the message body is not binary JSON data") from None
+
+
+def message_kind(message: Any) -> str:
+    """The message's subject (``status`` when it has none: agents before presence reports)."""
+    subject = message.subject
+    if isinstance(subject, bytes):
+        subject = subject.decode(errors="replace")
+    return subject or SUBJECT_STATUS
+
+
+def decode_message(message: Any, queue: Queue = "responses") -> Task | Status | Presence:
+    """Join the body and decode it by the queue it came from and its subject; ProtocolError (with
+    the dead-letter reason) when it is not a valid message of that queue."""
+    body = message_body(message)
+    if queue == "tasks":
+        return decode_task(body)
+    kind = message_kind(message)
+    decoder = _RESPONSE_DECODERS.get(kind)
+    if decoder is None:
+        raise ProtocolError(UNKNOWN_KIND, f"unknown message subject {kind[:100]!r} "
+                                          f"(expected {SUBJECT_STATUS!r} or {SUBJECT_PRESENCE!r})")
+    return decoder(body)
+
+
+def batch_rest(message: Any) -> int:
+    """How many messages the agent sent in the same batch after this one (its ``batch_rest``
+    application property; 0 without it). They are already on their way to the receiver."""
+    props = message.application_properties or {}
+    value = props.get(BATCH_REST.encode(), props.get(BATCH_REST, 0))
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def parse_task_message_id(message_id: str | None) -> tuple[str, int] | None:
+    """``<task_id>:<attempt>`` -> (task_id, attempt); None for any other id."""
+    if message_id and ":" in message_id:
+        task_id, _, attempt = message_id.rpartition(":")
+        if attempt.isdigit():
+            return task_id, int(attempt)
+    return None
+
+
+def task_ref(message: Any) -> tuple[str | None, int | None]:
+    """Which task attempt a task-queue message (e.g. a dead-lettered one) is about: from its message id,
+    else from its body; (message id or None, None) when neither says."""
+    ref = parse_task_message_id(message.message_id)
+    if ref is not None:
+        return ref
+    try:
+        task = decode_task(message_body(message))
+        return task.task_id, task.attempt
+    except ProtocolError:
+        return (message.message_id or None), None
