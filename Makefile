@@ -24,7 +24,13 @@ $(VENV)/.installed: pyproject.toml
 	test -f .tools/package.json || echo '{"name":"compute-pools-tools","private":true}' > .tools/package.json
 	cd .tools && npm install --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 
-install: $(VENV)/.installed .tools/node_modules/.bin/azurite-blob  ## create .venv and install everything
+# The JavaScript Service Bus SDK the emulator tests drive (tests/emulator/test_js_sdk.py), pinned by the
+# lock file: npm ci installs exactly that tree, and again whenever the lock file changes.
+JS_SDK_DIR := tests/emulator/js
+$(JS_SDK_DIR)/node_modules/.package-lock.json: $(JS_SDK_DIR)/package-lock.json
+	cd $(JS_SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
+install: $(VENV)/.installed .tools/node_modules/.bin/azurite-blob $(JS_SDK_DIR)/node_modules/.package-lock.json  ## create .venv and install everything
 
 demo: system-deps install  ## a local pool processing sample submissions end to end
 	$(VENV)/bin/pool demo
@@ -42,4 +48,4 @@ lint: install  ## ruff (with its security rules), the import contracts (.importl
 	cd playbooks && ../$(VENV)/bin/ansible-lint
 
 clean:
-	rm -rf $(VENV) .tools .pool
+	rm -rf $(VENV) .tools .pool $(JS_SDK_DIR)/node_modules

@@ -42,6 +42,7 @@ _COMMAND_MODULES = (
     "worker.agent.commands",  # pool agent
     "worker.local.commands",  # pool local up, submit, status, logs, demo, competition
     "worker.execution.commands",  # pool sandbox check
+    "worker.node.commands",  # pool node (SSH operations on workers)
 )
 
 for _name in _COMMAND_MODULES:

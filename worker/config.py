@@ -141,6 +141,8 @@ class AgentConfig(_Strict):
     pool: str | None = None  # the competition/pool name, for display
     servicebus: ServiceBusSettings
     work_dir: Path = Path("/var/lib/pool-agent/work")
+    # The state file and drain flag (`pool agent status|drain|resume`); default: work_dir's parent.
+    control_dir: Path | None = None
     cache: CacheSettings = Field(default_factory=CacheSettings)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
@@ -156,6 +158,9 @@ class AgentConfig(_Strict):
 
     def resolved_cache_dir(self) -> Path:
         return self.cache.dir or self.work_dir.parent / "cache"
+
+    def resolved_control_dir(self) -> Path:
+        return self.control_dir or self.work_dir.parent
 
 
 def _format_errors(exc: ValidationError) -> str:

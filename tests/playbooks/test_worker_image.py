@@ -372,6 +372,107 @@ def test_patch_drains_a_running_task_reboots_and_brings_the_agent_back(worker: W
     assert pool.statuses(task_id, {"finished", "failed"}, timeout=90)[-1].state.value == "finished"
 
 
+# --- pool node (issue 14): operate the booted worker over SSH with paramiko -----------------------
+def _node(w: Worker, *args: str, known: bool = True) -> tuple[int, str]:
+    """`pool node` against the playbooks' own inventory; every call is kept in a transcript."""
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    common = ["-i", str(w.inventory), "--no-agent", "--known-hosts", str(w.work / "known_hosts")]
+    result = CliRunner().invoke(app, ["node", *common, *args], env={"COLUMNS": "160"})
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    with (w.work / "pool-node-transcript.txt").open("a") as fh:
+        fh.write(f"$ pool node -i hosts.ini {' '.join(args)}\n{result.output}(exit {result.exit_code})\n\n")
+    return result.exit_code, result.output
+
+
+def _node_state(w: Worker) -> dict:
+    return json.loads(w.ssh("/opt/pool-agent/venv/bin/pool agent status --json", check=False).stdout)
+
+
+def test_pool_node_first_contact_then_status_idle_then_busy(worker: Worker, pool: Pool):
+    _wait_active(worker)
+    rc, out = _node(worker, "status")
+    assert rc == 1 and "unknown host key" in out and "--accept-new-host-keys" in out, out
+    rc, out = _node(worker, "--accept-new-host-keys", "status")
+    assert rc == 0 and "1 ok, 0 failed" in out, out
+    wait_for(lambda: _node_state(worker).get("state") == "idle", 30, 1, "the agent idle")
+    rc, out = _node(worker, "status")
+    assert rc == 0 and "active" in out and "idle" in out, out
+    # The state file is the operator's (root's), not the sandboxed task's: a task cannot see it.
+    probe = pool.submit(["python", "-c", ("import os, time; time.sleep(12); "
+                         "print('state file visible:', os.path.exists('/var/lib/pool-agent/agent-state.json'))")])
+    pool.statuses(probe, {"running"}, timeout=60)
+    rc, out = _node(worker, "status")
+    assert rc == 0 and "busy" in out and probe in out, out
+    pool.statuses(probe, {"finished", "failed"}, timeout=60)
+    assert "state file visible: False" in pool.stdout(probe)
+    assert worker.ssh("test -f /var/lib/pool-agent/agent-state.json", check=False).returncode == 0  # positive control
+
+
+def test_pool_node_drain_finishes_the_task_and_takes_no_new_one_until_resume(worker: Worker, pool: Pool):
+    first = pool.submit(["python", "-c", "import time; time.sleep(15); print('first finished')"])
+    pool.statuses(first, {"running"}, timeout=60)
+    rc, out = _node(worker, "drain")
+    assert rc == 0 and ("draining" in out or "drain pending" in out), out
+    second = pool.submit(["python", "-c", "print('second finished')"])
+    statuses = pool.statuses(first, {"finished", "failed", "timed_out", "cancelled"}, timeout=60)
+    assert statuses[-1].state.value == "finished" and "first finished" in pool.stdout(first)
+    rc, out = _node(worker, "drain", "--wait", "60")
+    assert rc == 0 and "drained" in out, out
+    with pytest.raises(AssertionError, match="no status"):
+        pool.statuses(second, {"received"}, timeout=8)  # four receive waits: not taken
+    rc, out = _node(worker, "resume")
+    assert rc == 0, out
+    assert pool.statuses(second, {"finished", "failed"}, timeout=60)[-1].state.value == "finished"
+    assert "second finished" in pool.stdout(second)
+    worker.notes["drained_task"] = second
+
+
+def test_pool_node_logs_show_the_agents_journal(worker: Worker):
+    rc, out = _node(worker, "logs", "--lines", "40")
+    assert rc == 0 and "pool-agent" in out, out
+    assert f"task {worker.notes['drained_task']} attempt 1 received" in out, out
+    assert "drain requested: taking no new task" in out and "drain lifted" in out, out
+
+
+def test_pool_node_restart_brings_a_new_agent_process(worker: Worker):
+    before = _wait_active(worker)["MainPID"]
+    rc, out = _node(worker, "restart", "--timeout", "120")
+    assert rc == 0 and "→" in out, out
+    assert _wait_active(worker)["MainPID"] != before
+
+
+def test_pool_node_upgrade_agent_installs_a_rebuilt_wheel(worker: Worker, pool: Pool, tmp_path: Path):
+    import shutil
+
+    # A rebuilt wheel whose code says so: the same tree with another __version__.
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO / "worker", tree / "worker", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    init = tree / "worker/__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', '__version__ = "0.1.0+node-upgrade"', init.read_text()))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(tree)], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("compute_pools-*.whl"))
+    before = _wait_active(worker)["MainPID"]
+    rc, out = _node(worker, "upgrade-agent", str(wheel), "--timeout", "300")
+    assert rc == 0 and "0.1.0+node-upgrade" in out, out
+    assert _wait_active(worker)["MainPID"] != before
+    rc, out = _node(worker, "status")
+    assert rc == 0 and "0.1.0+node-upgrade" in out and "idle" in out, out
+    assert not _node_state(worker)["drain_requested"]  # the upgrade's own drain was lifted
+    task_id = pool.submit(["python", "-c", "print('after upgrade')"])
+    assert pool.statuses(task_id, {"finished", "failed"}, timeout=90)[-1].state.value == "finished"
+    rc, out = _node(worker, "exec", "--", "ls /opt/pool-agent/dist")
+    assert rc == 0 and wheel.name in out
+    rc, out = _node(worker, "exec", "--", "/opt/pool-agent/venv/bin/pool agent status")  # on the worker itself
+    assert rc == 0 and "idle" in out and "0.1.0+node-upgrade" in out, out
+
+
 def test_halts_cleanly_on_one_sigterm(worker: Worker):
     t0 = time.monotonic()
     rc = worker.machine.halt(timeout=60)

@@ -25,10 +25,11 @@ from worker.agent.lifecycle import Outcome, StopReason, TaskRun
 from worker.agent.lock import LockKeeper
 from worker.agent.reporter import TaskReporter
 from worker.agent.sender import StatusSender
+from worker.agent.state import StateFile
 from worker.config import AgentConfig
 from worker.execution import get_driver
 from worker.execution.base import ExecutionDriver
-from worker.protocol import Activity, Presence, ProtocolError, Task
+from worker.protocol import Activity, Presence, ProtocolError, Task, TaskState
 from worker.reconnect import run_with_reconnect
 from worker.servicebus import response_client, task_client, task_receiver
 from worker.wire import decode_message
@@ -55,11 +56,14 @@ class Agent:
         self.reconnects = 0
         # Kept for the agent's life: a task's preparation round trips start no threads of their own.
         self._prepare_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="prepare")
+        self.state = StateFile(config.resolved_control_dir(), worker_id=self.worker_id, pool=config.pool,
+                               driver=self.driver.name)
 
     # -- outer loop: connections ---------------------------------------------------------------
     def run(self) -> int:
         settings = self.config.servicebus
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        self.state.start()
         log.info("agent %s: queue %s, responses %s, driver %s", self.worker_id, settings.task_queue,
                  settings.response_queue, self.driver.name)
         response = response_client(settings)
@@ -76,6 +80,7 @@ class Agent:
             sender.close()
             response.close()
             self._prepare_pool.shutdown(wait=False)
+            self.state.stopped()
         log.info("agent %s stopped after %d task(s)", self.worker_id, self.tasks_handled)
         return 0
 
@@ -87,7 +92,10 @@ class Agent:
 
     def _idle_presence(self) -> Presence | None:
         """Called by the status-sender thread when a presence report is due."""
-        return None if self._busy else self.presence(Activity.IDLE)
+        if self._busy:
+            return None
+        self.state.reported()
+        return self.presence(Activity.IDLE)
 
     def _count_reconnect(self) -> None:
         self.reconnects += 1
@@ -100,6 +108,9 @@ class Agent:
             with task_receiver(client, settings.task_queue) as receiver:
                 log.info("agent %s ready, waiting for tasks", self.worker_id)
                 while not self.stop_event.is_set():
+                    if not self.state.may_receive():  # drained: hold the link, take nothing
+                        self.stop_event.wait(min(1.0, self.config.receive_wait_s))
+                        continue
                     for message in receiver.receive_messages(max_message_count=1,
                                                              max_wait_time=self.config.receive_wait_s):
                         self._busy = True
@@ -129,10 +140,16 @@ class Agent:
         log.info("task %s attempt %d received (delivery %s)", task.task_id, task.attempt, message.delivery_count)
         reporter = TaskReporter(sender, task, self.worker_id, self.host, message.delivery_count)
         run = TaskRun(task, reporter, self.config, self.driver, self.cache, self._prepare_pool)
-        thread = threading.Thread(target=run.run, name=f"task-{task.task_id}", daemon=True)
-        thread.start()
-        lost = self._watch(run, thread, LockKeeper(receiver, message))
-        result = run.result
+        self.state.task_started(task.task_id, task.attempt)
+        self.state.track_heartbeats(reporter)
+        result, lost = None, True
+        try:
+            thread = threading.Thread(target=run.run, name=f"task-{task.task_id}", daemon=True)
+            thread.start()
+            lost = self._watch(run, thread, LockKeeper(receiver, message))
+            result = run.result
+        finally:
+            self.state.task_ended(finished=not lost and result is not None and result.state is TaskState.FINISHED)
         self.tasks_handled += 1
         if lost or result is None:
             log.warning("task %s: lock lost; not settling (Service Bus redelivers it)", task.task_id)
@@ -164,4 +181,5 @@ class Agent:
                 renew_at = time.monotonic() + keeper.next_wait()
             wake = min(renew_at, grace_deadline if grace_deadline is not None else now + 0.5)
             thread.join(max(0.01, wake - time.monotonic()))
+            self.state.refresh()
         return keeper.lost

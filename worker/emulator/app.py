@@ -118,8 +118,9 @@ def run(config_path: Path, data_dir: Path, host: str, port: int, http_port: int 
     if not profile_path:
         asyncio.run(main)
         return
-    import cProfile  # developer aid: where does the broker spend its CPU?
+    import cProfile  # developer aid: where does the broker spend its CPU (not wall time)?
+    import time
 
-    with cProfile.Profile() as prof:
+    with cProfile.Profile(time.process_time) as prof:
         asyncio.run(main)
     prof.dump_stats(profile_path)

@@ -53,6 +53,20 @@ def entity_path(uri_or_path: str) -> str:
     return text.strip("/").lower()
 
 
+def token_scope(uri_or_path: str) -> str:
+    """The entity a token or audience is about: ``.../q/$management`` (where the JS SDK puts its
+    management token) means ``q`` itself, as in Azure."""
+    path = entity_path(uri_or_path)
+    if path == MANAGEMENT:
+        return ""
+    if path.endswith("/" + MANAGEMENT):
+        path = path[: -len(MANAGEMENT) - 1]
+    return path
+
+
+MANAGEMENT = "$management"
+
+
 @dataclass(frozen=True)
 class Grant:
     """What one verified token allows: rights on every entity under ``scope`` until ``expires``."""
@@ -103,14 +117,14 @@ class Authority:
         if expiry <= now:
             raise AuthError("SAS token has expired")
         resource = fields["sr"]
-        scope = entity_path(resource)
+        scope = token_scope(resource)
         policy = self._find_policy(fields["skn"], scope)
         # The signature covers sr as the client encoded it; accept the canonical encoding too.
         candidates = {raw["sr"], quote_plus(unquote_plus(raw["sr"]))}
         if not any(hmac.compare_digest(_sign(sr, expiry, policy.key), fields["sig"]) for sr in candidates):
             raise AuthError(f"SAS signature does not match policy {policy.name!r}")
         if audience is not None:
-            target = entity_path(audience)
+            target = token_scope(audience)
             if scope and not (target == scope or target.startswith(scope + "/")):
                 raise AuthError(f"SAS token for {scope!r} does not cover audience {target!r}")
         return Grant(policy=policy.name, scope=scope, rights=frozenset(policy.rights), expires=float(expiry))

@@ -89,7 +89,7 @@ class Message:
                 + codec.encode_annotations_fast(
                     self.client_annotations(), self.seq, self.enqueued_ms,
                     lock.until_ms if lock else None, lock.token if lock else None, self.scheduled_ms,
-                    self.queue.name if self.dlq else None)
+                    self.queue.name if self.dlq else None, self.state)
                 + self.bare)
 
     def row(self) -> MessageRow:
@@ -370,6 +370,9 @@ class Broker:
     def enqueue(self, queue: Queue, incoming: codec.IncomingMessage, scheduled_ms: int | None = None) -> int | None:
         """Store a message (visible after this turn's commit); None when dropped as a duplicate."""
         now = now_ms()
+        if incoming.message_id is None:  # Azure assigns a GUID; the JS SDK needs one to settle
+            incoming.message_id = str(uuid.uuid4())
+            incoming.bare = codec.with_message_id(incoming.bare, incoming.message_id)
         mid = incoming.message_id_text()
         if queue.config.requires_duplicate_detection and mid is not None:
             seen = queue.dedup.get(mid)
@@ -671,4 +674,4 @@ class Broker:
 
 
 _BROKER_KEYS = {"x-opt-sequence-number", "x-opt-enqueued-time", "x-opt-locked-until", "x-opt-lock-token",
-                "x-opt-deadletter-source", "x-opt-scheduled-enqueue-time"}
+                "x-opt-deadletter-source", "x-opt-scheduled-enqueue-time", "x-opt-message-state"}

@@ -112,12 +112,21 @@ def _sections(raw: bytes) -> list[tuple[int, int, int]]:
         end = _value_end(raw, body)
         out.append((code, pos, end))
         pos = end
-    codes = [c for c, _, _ in out]
-    repeatable = (DATA, AMQP_SEQUENCE)
-    if codes != sorted(codes) or len([c for c in codes if c not in repeatable]) != len(
-            set(codes) - set(repeatable)):
-        raise CodecError("message sections out of order or repeated")
+    _check_order([c for c, _, _ in out])
     return out
+
+
+def _check_order(codes: list[int]) -> None:
+    """Sections in the order the spec gives, except delivery annotations: the Python SDK writes them
+    after the body on purpose, so they may stand anywhere (once). One kind of body only."""
+    if codes.count(DELIVERY_ANNOTATIONS) > 1:
+        raise CodecError("message sections out of order or repeated: two delivery-annotations sections")
+    ordered = [c for c in codes if c != DELIVERY_ANNOTATIONS]
+    bodies = {c for c in ordered if DATA <= c <= AMQP_VALUE}
+    if (ordered != sorted(ordered) or len(bodies) > 1 or ordered.count(AMQP_VALUE) > 1
+            or any(ordered.count(c) > 1 for c in (HEADER, MESSAGE_ANNOTATIONS, PROPERTIES,
+                                                   APPLICATION_PROPERTIES, FOOTER))):
+        raise CodecError("message sections out of order or repeated")
 
 
 def _decodes_fully(raw: bytes) -> bool:
@@ -174,14 +183,76 @@ class IncomingMessage:
         return str(self.message_id)
 
 
+class _Complex(Exception):
+    """A value the fast scalar reader leaves to proton's decoder."""
+
+
+def _scalar(raw: bytes, pos: int) -> Any:
+    """The scalar AMQP value at ``pos`` (the types header and properties fields use)."""
+    code = raw[pos]
+    if code == 0x40:
+        return None
+    if code in (0x41, 0x42):
+        return code == 0x41
+    if code == 0x56:
+        return raw[pos + 1] == 1
+    if code in (0x43, 0x44):
+        return 0
+    if code in (0x50, 0x52, 0x53):
+        return raw[pos + 1]
+    if code == 0x70:
+        return int.from_bytes(raw[pos + 1:pos + 5], "big")
+    if code == 0x80:
+        return ulong(int.from_bytes(raw[pos + 1:pos + 9], "big"))
+    if code == 0x83:
+        return int.from_bytes(raw[pos + 1:pos + 9], "big", signed=True)
+    if code == 0x98:
+        return uuid.UUID(bytes=bytes(raw[pos + 1:pos + 17]))
+    if code == 0xA0:
+        return bytes(raw[pos + 2:pos + 2 + raw[pos + 1]])
+    if code == 0xB0:
+        n = int.from_bytes(raw[pos + 1:pos + 5], "big")
+        return bytes(raw[pos + 5:pos + 5 + n])
+    if code in (0xA1, 0xA3):
+        return bytes(raw[pos + 2:pos + 2 + raw[pos + 1]]).decode()
+    if code in (0xB1, 0xB3):
+        n = int.from_bytes(raw[pos + 1:pos + 5], "big")
+        return bytes(raw[pos + 5:pos + 5 + n]).decode()
+    raise _Complex
+
+
+def _list_fields(raw: bytes, start: int, end: int, wanted: int) -> list[Any]:
+    """The first ``wanted`` fields of a described-list section (missing ones are None), read
+    without proton's decoder (the hot path of every send)."""
+    pos = _value_end(raw, start + 1)  # past the descriptor
+    code = raw[pos]
+    if code == 0x45:
+        return [None] * wanted
+    if code == 0xC0:
+        count, pos = raw[pos + 2], pos + 3
+    elif code == 0xD0:
+        count, pos = int.from_bytes(raw[pos + 5:pos + 9], "big"), pos + 9
+    else:
+        raise CodecError("section is not a list")
+    out = []
+    for _ in range(min(count, wanted)):
+        out.append(_scalar(raw, pos))
+        pos = _value_end(raw, pos)
+    if pos > end:
+        raise CodecError("truncated section")
+    return out + [None] * (wanted - len(out))
+
+
 def parse_message(raw: bytes, sections: list[tuple[int, int, int]] | None = None) -> IncomingMessage:
     sections = _sections(raw) if sections is None else sections
     msg = IncomingMessage(bare=b"")
-    bare_start = None
+    bare: list[tuple[int, int]] = []  # (start, end) of the bare message's sections, merged when adjacent
     for code, start, end in sections:
         if code == HEADER:
-            fields = _section_value(raw[start:end]) or []
-            fields = list(fields) + [None] * (5 - len(fields))
+            try:
+                fields = _list_fields(raw, start, end, 3)
+            except _Complex:
+                fields = list(_section_value(raw[start:end]) or []) + [None] * 3
             msg.durable = bool(fields[0])
             msg.priority = fields[1]
             msg.ttl_ms = int(fields[2]) if fields[2] is not None else None
@@ -189,14 +260,53 @@ def parse_message(raw: bytes, sections: list[tuple[int, int, int]] | None = None
             value = _section_value(raw[start:end]) or {}
             msg.annotations = dict(value) if isinstance(value, dict) else {}
         elif code == PROPERTIES:
-            fields = list(_section_value(raw[start:end]) or []) + [None] * 13
+            try:
+                fields = _list_fields(raw, start, end, 9)
+            except _Complex:
+                fields = list(_section_value(raw[start:end]) or []) + [None] * 13
             msg.message_id = fields[0]
             if fields[8] is not None:
                 msg.absolute_expiry_ms = int(fields[8])
-        if code in _BARE and bare_start is None:
-            bare_start = start
-    msg.bare = bytes(raw[bare_start:]) if bare_start is not None else b""
+        if code in _BARE:  # delivery annotations are per hop: never part of what is stored
+            if bare and bare[-1][1] == start:
+                bare[-1] = (bare[-1][0], end)
+            else:
+                bare.append((start, end))
+    msg.bare = b"".join(bytes(raw[s:e]) for s, e in bare)
     return msg
+
+
+def with_message_id(bare: bytes, message_id: str) -> bytes:
+    """The bare message with ``message_id`` set in its properties (Azure assigns one when the sender
+    gives none). Spliced at the byte level: every other field stays exactly as the sender encoded it."""
+    sections = _sections(bare)
+    new_id = _str(message_id)
+    for code, start, end in sections:
+        if code != PROPERTIES:
+            continue
+        pos = _value_end(bare, start + 1)  # past the descriptor
+        head, kind = bare[start:pos], bare[pos]
+        if kind == 0x45:  # list0: no fields at all
+            items, count = b"", 0
+        elif kind == 0xC0:
+            count, items = bare[pos + 2], bare[pos + 3:end]
+        elif kind == 0xD0:
+            count, items = int.from_bytes(bare[pos + 5:pos + 9], "big"), bare[pos + 9:end]
+        else:
+            raise CodecError("the properties section is not a list")
+        if count and items[:1] != b"\x40":
+            return bare  # the sender gave an id
+        rest = items[1:] if count else b""
+        count = max(count, 1)
+        return bare[:start] + head + _list(count, new_id + rest) + bare[end:]
+    props = b"\x00\x53\x73" + _list(1, new_id)
+    return props + bare  # properties come first in the bare message
+
+
+def _list(count: int, items: bytes) -> bytes:
+    if len(items) + 1 < 256 and count < 256:
+        return b"\xc0" + bytes([len(items) + 1, count]) + items
+    return b"\xd0" + (len(items) + 4).to_bytes(4, "big") + count.to_bytes(4, "big") + items
 
 
 def _binary_payload(raw: bytes, start: int, end: int) -> bytes | None:
@@ -330,6 +440,9 @@ _K_LOCKED_UNTIL = _sym(b"x-opt-locked-until")
 _K_LOCK_TOKEN = _sym(b"x-opt-lock-token")
 _K_SCHEDULED = _sym(b"x-opt-scheduled-enqueue-time")
 _K_DEADLETTER_SOURCE = _sym(b"x-opt-deadletter-source")
+_K_STATE = _sym(b"x-opt-message-state")
+MESSAGE_STATES = {"active": 0, "deferred": 1, "scheduled": 2}  # Azure's x-opt-message-state values
+_STATE_VALUES = {name: b"\x81" + v.to_bytes(8, "big") for name, v in MESSAGE_STATES.items()}
 
 
 def _str(text: str) -> bytes:
@@ -366,11 +479,12 @@ def encode_header_fast(delivery_count: int, durable: bool = False, priority: int
 
 def encode_annotations_fast(client: tuple[int, bytes], sequence_number: int, enqueued_ms: int,
                             locked_until_ms: int | None = None, lock_token: uuid.UUID | None = None,
-                            scheduled_ms: int | None = None, deadletter_source: str | None = None) -> bytes:
+                            scheduled_ms: int | None = None, deadletter_source: str | None = None,
+                            state: str = "active") -> bytes:
     count, items = client
     parts = [items, _K_SEQUENCE, b"\x81", sequence_number.to_bytes(8, "big", signed=True), _K_ENQUEUED,
-             _ts(enqueued_ms)]
-    count += 4
+             _ts(enqueued_ms), _K_STATE, _STATE_VALUES[state]]
+    count += 6
     if locked_until_ms is not None:
         parts += [_K_LOCKED_UNTIL, _ts(locked_until_ms)]
         count += 2

@@ -1,12 +1,11 @@
 """Durable state: queues, messages and duplicate-detection history in SQLite (WAL mode).
 
-Writes of one event-loop turn are collected and handed, with the callbacks that acknowledge them, to
-a writer thread (:meth:`Store.submit`). The writer commits everything that is waiting in one
-transaction (group commit: while one fsync runs, the next batch builds up) and only then runs the
-callbacks back on the event loop, in submission order. So an acknowledged operation is on disk
-(``synchronous=FULL`` fsyncs the WAL on every commit) and survives a kill -9, and the event loop never
-waits for the disk. Locks are deliberately not stored: after a restart every message is unlocked
-and delivered again.
+Writes of one event-loop turn are collected and committed in one transaction with the callbacks
+that acknowledge them (:meth:`Store.submit`): on the loop by default, or by a writer thread that
+groups the turns piling up during one fsync (``POOL_EMULATOR_GROUP_COMMIT=1``). The callbacks run
+only after the commit, in submission order. So an acknowledged operation is on disk
+(``synchronous=FULL`` fsyncs the WAL on every commit) and survives a kill -9 and power loss. Locks
+are deliberately not stored: after a restart every message is unlocked and delivered again.
 """
 
 from __future__ import annotations
@@ -150,8 +149,17 @@ class Store:
             return
         self._db.execute("BEGIN")
         try:
-            for sql, params in ops:
-                self._db.execute(sql, params)
+            i, n = 0, len(ops)
+            while i < n:  # runs of the same statement (a turn's inserts, deletes) go in one call
+                sql = ops[i][0]
+                j = i + 1
+                while j < n and ops[j][0] == sql:
+                    j += 1
+                if j - i == 1:
+                    self._db.execute(sql, ops[i][1])
+                else:
+                    self._db.executemany(sql, [params for _, params in ops[i:j]])
+                i = j
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
