@@ -21,7 +21,7 @@ from pulumi_azure_native import compute, monitor, network
 
 from infra import custom_data
 from infra.naming import computer_name_prefix
-from worker.stackconfig import WorkersConfig, iso_duration
+from worker.stackconfig import HEALTH_PORT, WorkersConfig, iso_duration
 
 SERVICE_BUS_METRICS = "Microsoft.ServiceBus/namespaces"
 REMOTE_PORTS = {"linux": "22", "windows": "5986"}  # SSH / WinRM over HTTPS
@@ -120,6 +120,19 @@ class WorkerPool(pulumi.ComponentResource):
             "scheduled_events_profile": {"terminate_notification_profile": {
                 "enable": True, "not_before_timeout": iso_duration(cfg.termination_notice)}},
         }
+        upgrade = cfg.upgrade
+        if upgrade.mode == "Rolling":
+            # Rolling upgrades need a health signal; the extension reports the VM healthy once the
+            # port answers (see UpgradeConfig).
+            linux = cfg.os == "linux"
+            extensions.append({
+                "name": "pool-health",
+                "publisher": "Microsoft.ManagedServices",
+                "type": "ApplicationHealthLinux" if linux else "ApplicationHealthWindows",
+                "type_handler_version": "1.0",
+                "auto_upgrade_minor_version": True,
+                "settings": {"protocol": "tcp", "port": upgrade.health_port or HEALTH_PORT[cfg.os]},
+            })
         if extensions:
             vm_profile["extension_profile"] = {"extensions": extensions}
         if cfg.spot:
@@ -134,7 +147,7 @@ class WorkerPool(pulumi.ComponentResource):
             orchestration_mode="Uniform",
             # Overprovisioned extra VMs would boot agents that take tasks and are then deleted.
             overprovision=False,
-            upgrade_policy={"mode": "Manual"},
+            upgrade_policy=upgrade_policy(cfg),
             single_placement_group=cfg.max_instances <= 100,
             scale_in_policy={"rules": ["Default"], "force_deletion": False},
             virtual_machine_profile=vm_profile,
@@ -201,6 +214,22 @@ class WorkerPool(pulumi.ComponentResource):
             default_outbound_access=False,
             opts=child,
         )
+
+
+def upgrade_policy(cfg: WorkersConfig) -> dict:
+    """The scale set's upgrade policy (see settings.UpgradeConfig for how a roll drains workers)."""
+    upgrade = cfg.upgrade
+    if upgrade.mode == "Manual":
+        return {"mode": "Manual"}
+    return {"mode": "Rolling", "rolling_upgrade_policy": {
+        "max_surge": upgrade.max_surge,
+        "max_batch_instance_percent": upgrade.max_batch_instance_percent,
+        "max_unhealthy_instance_percent": upgrade.max_unhealthy_instance_percent,
+        "max_unhealthy_upgraded_instance_percent": upgrade.max_unhealthy_upgraded_instance_percent,
+        "pause_time_between_batches": iso_duration(upgrade.pause_time_between_batches),
+        # Old instances are deleted (never reimaged in place): each deletion is a Terminate event.
+        "rollback_failed_instances_on_policy_breach": True,
+    }}
 
 
 def _queue_metric(namespace_id: pulumi.Input[str], task_queue: str, *, window: str, aggregation: str,

@@ -208,8 +208,38 @@ class MarketplaceImage(_Strict):
     version: str = "latest"
 
 
+# The system python3 of well-known marketplace images, by (publisher, offer), lowercase. The agent and
+# the first-boot script (``pip wheel`` of this project) need Python >= MIN_PYTHON: an image listed here
+# with an older one is rejected before anything is deployed. Unlisted images are not checked.
+MIN_PYTHON = (3, 11)
+KNOWN_IMAGE_PYTHON: dict[tuple[str, str], tuple[str, tuple[int, int]]] = {
+    ("debian", "debian-10"): ("Debian 10", (3, 7)),
+    ("debian", "debian-11"): ("Debian 11", (3, 9)),
+    ("debian", "debian-12"): ("Debian 12", (3, 11)),
+    ("debian", "debian-13"): ("Debian 13", (3, 13)),
+    ("canonical", "ubuntuserver"): ("Ubuntu 18.04 or older", (3, 6)),
+    ("canonical", "0001-com-ubuntu-server-focal"): ("Ubuntu 20.04", (3, 8)),
+    ("canonical", "0001-com-ubuntu-server-jammy"): ("Ubuntu 22.04", (3, 10)),
+    ("canonical", "ubuntu-24_04-lts"): ("Ubuntu 24.04", (3, 12)),
+}
+
+
+def marketplace_python_problem(image: MarketplaceImage) -> str | None:
+    """Why ``image`` cannot run the agent (its known python3 is too old), or None."""
+    known = KNOWN_IMAGE_PYTHON.get((image.publisher.lower(), image.offer.lower()))
+    if known is None or known[1] >= MIN_PYTHON:
+        return None
+    name, python = known
+    need = ".".join(map(str, MIN_PYTHON))
+    return (f"{image.publisher}/{image.offer} ({name}) has Python {'.'.join(map(str, python))}; the agent and the "
+            f"first-boot install need Python >= {need}: use Debian 12 (publisher Debian, offer debian-12, "
+            "sku 12-gen2, the default) or Ubuntu 24.04 (publisher Canonical, offer ubuntu-24_04-lts, sku server)")
+
+
+# Debian 12 is the Linux default: its python3 (3.11) runs the agent, and it is what the first-boot
+# proof boots here (tests/playbooks/test_first_boot.py). Ubuntu 24.04 (python3 3.12) also fits.
 DEFAULT_MARKETPLACE = {
-    "linux": MarketplaceImage(publisher="Canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts-gen2"),
+    "linux": MarketplaceImage(publisher="Debian", offer="debian-12", sku="12-gen2"),
     "windows": MarketplaceImage(publisher="MicrosoftWindowsServer", offer="WindowsServer",
                                 sku="2022-datacenter-azure-edition"),
 }
@@ -223,7 +253,11 @@ class InstallSettings(_Strict):
     """How a marketplace Linux image becomes a worker at first boot: cloud-init clones this repository
     (``source`` at ``ref``), builds the wheel and runs the install playbook against localhost."""
 
-    source: str | None = None  # required with a marketplace image: this repository's git URL (https)
+    # Required with a marketplace image: this repository's git URL. https:// for a real pool; file://
+    # names a repository on the VM's own disk (a mirror baked into an image; the first-boot proof
+    # points it at a copy of the checkout). Plain http:// and ssh:// are refused: unauthenticated or
+    # needing keys the VM does not have.
+    source: str | None = None
     ref: str = "main"
     playbook: str = "playbooks/install-worker.yml"
     extra_vars: dict[str, Any] = Field(default_factory=dict)
@@ -231,9 +265,38 @@ class InstallSettings(_Strict):
     @field_validator("source")
     @classmethod
     def _https(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("https://"):
-            raise ValueError("install.source must be an https:// git URL")
+        if v is not None and not v.startswith(("https://", "file:///")):
+            raise ValueError("install.source must be an https:// git URL (or file:///path to a repository on "
+                             "the VM itself)")
         return v
+
+
+class UpgradeConfig(_Strict):
+    """How a new image (or any model change) reaches a scale set's running instances.
+
+    ``Rolling`` (default): batches of new instances are created first (``max_surge``), then old ones
+    are deleted; every deletion is announced as a Terminate scheduled event, so the termination
+    watcher stops the agent, which finishes or hands back its task (lock abandoned) before Azure
+    removes the VM. Azure requires a health signal for rolling upgrades: the Application Health
+    extension probes ``health_port`` over TCP (default: SSH on Linux, RDP on Windows: "the VM is up").
+    ``Manual``: nothing changes until an operator upgrades instances (``az vmss update-instances``).
+    """
+
+    mode: Literal["Manual", "Rolling"] = "Rolling"
+    max_surge: bool = True  # new instances before old ones go: capacity never drops during a roll
+    max_batch_instance_percent: int = Field(default=20, ge=5, le=100)
+    max_unhealthy_instance_percent: int = Field(default=20, ge=5, le=100)
+    max_unhealthy_upgraded_instance_percent: int = Field(default=20, ge=0, le=100)
+    pause_time_between_batches: timedelta = timedelta(minutes=2)
+    health_port: int | None = Field(default=None, ge=1, le=65535)  # default 22 (Linux) / 3389 (Windows)
+
+    @field_validator("pause_time_between_batches")
+    @classmethod
+    def _pause(cls, v: timedelta) -> timedelta:
+        return _between(v, timedelta(seconds=1), timedelta(hours=1), "pause_time_between_batches")
+
+
+HEALTH_PORT = {"linux": 22, "windows": 3389}
 
 
 class WorkersConfig(_Strict):
@@ -256,6 +319,7 @@ class WorkersConfig(_Strict):
     gallery_image_id: str | None = None  # our image (images/ -> Shared Image Gallery)
     marketplace_image: MarketplaceImage | None = None  # default when no gallery image is given
     install: InstallSettings = Field(default_factory=InstallSettings)
+    upgrade: UpgradeConfig = Field(default_factory=UpgradeConfig)
     admin_username: str = "pooladmin"
     ssh_public_key: str | None = None  # Linux: required (password login is disabled)
     remote_access_cidr: str | None = None  # SSH (22) / WinRM over HTTPS (5986) from this range only
@@ -289,6 +353,14 @@ class WorkersConfig(_Strict):
             raise ValueError("gallery_image_id must be a Shared Image Gallery image or image version id: "
                              "/subscriptions/…/resourceGroups/…/providers/Microsoft.Compute/galleries/…/images/…"
                              "[/versions/…]")
+        return v
+
+    @field_validator("marketplace_image")
+    @classmethod
+    def _python(cls, v: MarketplaceImage | None) -> MarketplaceImage | None:
+        problem = None if v is None else marketplace_python_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("remote_access_cidr")

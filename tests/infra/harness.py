@@ -104,12 +104,13 @@ class Mocks(pulumi.runtime.Mocks):
         raise AssertionError(f"unexpected invoke {args.token}")
 
 
-def deploy(build, *args, deployment: Deployment | None = None, **kwargs) -> Deployment:
+def deploy(build, *args, deployment: Deployment | None = None, mocks: type[Mocks] = Mocks, **kwargs) -> Deployment:
     """Run ``build(*args, **kwargs)`` (which returns a dict of outputs) under mocks; wait for
     every registration; return what was declared and the resolved outputs (into ``deployment``
-    when given, so that a test can look at it even when the program raised)."""
+    when given, so that a test can look at it even when the program raised). ``mocks``: a
+    :class:`Mocks` subclass (called with the deployment) to answer some calls differently."""
     deployment = deployment if deployment is not None else Deployment()
-    pulumi.runtime.set_mocks(Mocks(deployment), project="pool", stack="test", preview=False)
+    pulumi.runtime.set_mocks(mocks(deployment), project="pool", stack="test", preview=False)
 
     @pulumi.runtime.test
     def run():

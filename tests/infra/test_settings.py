@@ -96,6 +96,15 @@ BAD = [
     (linux_config(workers={"agent": {"shutdown_grace_s": 600}}), "must be at least 60 s shorter"),
     (linux_config(workers={"install": {"source": "http://example.com/repo.git"}}), "must be an https:// git URL"),
     (linux_config(workers={"install": {"source": None}}), "install.source is required without gallery_image_id"),
+    (linux_config(workers={"install": {"source": "ssh://git@example.com/repo.git"}}), "must be an https:// git URL"),
+    (linux_config(workers={"marketplace_image": {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy",
+                                                 "sku": "22_04-lts-gen2"}}),
+     "pool:workers.marketplace_image: Canonical/0001-com-ubuntu-server-jammy (Ubuntu 22.04) has Python 3.10"),
+    (linux_config(workers={"marketplace_image": {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-focal",
+                                                 "sku": "20_04-lts-gen2"}}), "(Ubuntu 20.04) has Python 3.8"),
+    (linux_config(workers={"marketplace_image": {"publisher": "debian", "offer": "Debian-11", "sku": "11-gen2"}}),
+     ("pool:workers.marketplace_image: debian/Debian-11 (Debian 11) has Python 3.9; the agent and the first-boot "
+      "install need Python >= 3.11")),
     (windows_config(workers={"gallery_image_id": None}), "Windows pools need gallery_image_id"),
     (windows_config(workers={"ssh_public_key": SSH_KEY}), "ssh_public_key applies to Linux pools"),
     (linux_config(servicebus={"sku": "Gold"}), "pool:servicebus.sku"),
@@ -156,3 +165,37 @@ def test_keys_of_other_namespaces_are_ignored_and_prefix_is_optional():
 def test_a_non_mapping_is_rejected():
     with pytest.raises(ConfigError, match="expected a mapping"):
         parse_stack_config(["competition"])  # type: ignore[arg-type]
+
+
+def test_default_linux_image_is_debian_12_whose_python_runs_the_agent():
+    from worker.stackconfig import MIN_PYTHON, marketplace_python_problem
+
+    cfg = parse_stack_config(linux_config())
+    image = cfg.workers.image
+    assert (image.publisher, image.offer, image.sku, image.version) == ("Debian", "debian-12", "12-gen2", "latest")
+    assert marketplace_python_problem(image) is None
+    assert MIN_PYTHON == (3, 11)
+
+
+@pytest.mark.parametrize("image", [
+    {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server"},  # the documented alternative
+    {"publisher": "Debian", "offer": "debian-12", "sku": "12-arm64"},
+    {"publisher": "Contoso", "offer": "custom", "sku": "1"},  # unknown images are not second-guessed
+])
+def test_images_with_a_recent_or_unknown_python_are_accepted(image):
+    assert parse_stack_config(linux_config(workers={"marketplace_image": image})).workers.marketplace_image
+
+
+def test_min_python_matches_the_project():
+    """The check guards what pyproject.toml requires: they must not drift apart."""
+    import tomllib
+
+    from worker.stackconfig import MIN_PYTHON
+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires.replace(" ", "") == ">=" + ".".join(map(str, MIN_PYTHON)), requires
+
+
+def test_file_url_source_is_accepted_for_a_repository_on_the_vm():
+    cfg = parse_stack_config(linux_config(workers={"install": {"source": "file:///srv/compute-pools.git"}}))
+    assert cfg.workers.install.source == "file:///srv/compute-pools.git"

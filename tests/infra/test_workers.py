@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 import yaml
@@ -54,7 +55,8 @@ def test_linux_marketplace_image_runs_the_install_playbook(run_stack):
     d = run_stack(linux_config(workers={"install": {"ref": "v1.2", "extra_vars": {"worker_agent_gpus": True}}}))
     vmss = reveal(_vmss(d).inputs)
     image = vmss["virtualMachineProfile"]["storageProfile"]["imageReference"]
-    assert image["publisher"] == "Canonical" and image["version"] == "latest"
+    assert (image["publisher"], image["offer"], image["sku"], image["version"]) == (
+        "Debian", "debian-12", "12-gen2", "latest")
     document = cloud_init(_vmss(d).inputs)
     script = written_file(document, f"{BOOTSTRAP_DIR}/first-boot.sh")
     assert f"git clone --depth 1 --branch v1.2 {REPO} src" in script
@@ -124,7 +126,7 @@ def test_windows_pool(run_stack):
     assert config.execution.driver == "jobobject"
     assert str(config.work_dir) == r"C:\ProgramData\pool-agent\work"
     assert config.servicebus.task_queue == "demo-win-tasks"
-    [ext] = profile["extensionProfile"]["extensions"]
+    ext = next(e for e in profile["extensionProfile"]["extensions"] if e["name"] == "pool-agent-config")
     assert ext["type"] == "CustomScriptExtension" and ext["publisher"] == "Microsoft.Compute"
     command = ext["protectedSettings"]["commandToExecute"]
     assert r"C:\AzureData\CustomData.bin" in command and r"C:\ProgramData\pool-agent\agent.yaml" in command
@@ -182,7 +184,7 @@ def test_scale_set_drains_gracefully(run_stack):
     assert vmss["scaleInPolicy"] == {"rules": ["Default"], "forceDeletion": False}
     assert vmss["virtualMachineProfile"]["scheduledEventsProfile"] == {
         "terminateNotificationProfile": {"enable": True, "notBeforeTimeout": "PT15M"}}
-    assert vmss["sku"]["capacity"] == 0 and vmss["upgradePolicy"] == {"mode": "Manual"}
+    assert vmss["sku"]["capacity"] == 0 and vmss["upgradePolicy"]["mode"] == "Rolling"
 
 
 def test_autoscale_on_task_queue_depth(run_stack):
@@ -238,3 +240,51 @@ def test_custom_data_size_is_checked():
     assert base64.b64decode(encode("x" * 1000)) == b"x" * 1000
     with pytest.raises(ValueError, match="Azure allows 65535"):
         encode("x" * 60000)
+
+
+# --- image roll (upgrade policy) --------------------------------------------------------------------
+def test_default_upgrade_is_a_rolling_roll_with_surge_and_a_health_signal(run_stack):
+    vmss = reveal(_vmss(run_stack(linux_config())).inputs)
+    policy = vmss["upgradePolicy"]
+    assert policy["mode"] == "Rolling"
+    rolling = policy["rollingUpgradePolicy"]
+    # New instances first, then the old ones are deleted: every deletion is a Terminate event, which
+    # the termination watcher turns into a drained agent (task finished or handed back).
+    assert rolling["maxSurge"] is True and rolling["maxBatchInstancePercent"] == 20
+    assert rolling["pauseTimeBetweenBatches"] == "PT2M"
+    notice = vmss["virtualMachineProfile"]["scheduledEventsProfile"]["terminateNotificationProfile"]
+    assert notice == {"enable": True, "notBeforeTimeout": "PT10M"}
+    document = cloud_init(_vmss(run_stack(linux_config())).inputs)
+    assert "systemctl enable --now pool-termination-watch.service" in written_file(
+        document, f"{BOOTSTRAP_DIR}/first-boot.sh")
+    health = next(e for e in vmss["virtualMachineProfile"]["extensionProfile"]["extensions"]
+                  if e["name"] == "pool-health")
+    assert health["type"] == "ApplicationHealthLinux" and health["settings"] == {"protocol": "tcp", "port": 22}
+
+
+def test_windows_roll_uses_the_windows_health_extension(run_stack):
+    vmss = reveal(_vmss(run_stack(windows_config(workers={"upgrade": {"health_port": 5986}}),
+                                  admin_password="S3cret!pass")).inputs)
+    names = {e["name"]: e for e in vmss["virtualMachineProfile"]["extensionProfile"]["extensions"]}
+    assert set(names) == {"pool-agent-config", "pool-health"}
+    assert names["pool-health"]["type"] == "ApplicationHealthWindows"
+    assert names["pool-health"]["settings"]["port"] == 5986
+
+
+def test_manual_upgrade_has_no_rolling_policy_and_no_health_extension(run_stack):
+    vmss = reveal(_vmss(run_stack(linux_config(workers={"upgrade": {"mode": "Manual"}}))).inputs)
+    assert vmss["upgradePolicy"] == {"mode": "Manual"}
+    assert "extensionProfile" not in vmss["virtualMachineProfile"]
+
+
+@pytest.mark.parametrize("upgrade, message", [
+    ({"mode": "Automatic"}, "pool:workers.upgrade.mode"),
+    ({"max_batch_instance_percent": 1}, "pool:workers.upgrade.max_batch_instance_percent"),
+    ({"pause_time_between_batches": "PT2H"}, "pause_time_between_batches must be between"),
+])
+def test_bad_upgrade_settings_are_named(upgrade, message):
+    from worker.config import ConfigError
+    from worker.stackconfig import parse_stack_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_stack_config(linux_config(workers={"upgrade": upgrade}))

@@ -32,3 +32,28 @@ def test_key_follows_the_inputs(monkeypatch):
     assert key == base_key()
     monkeypatch.setattr(rootfs, "BASE_PACKAGES", (*rootfs.BASE_PACKAGES, "curl"))
     assert base_key() != key
+
+
+def test_cloud_init_key_follows_its_packages_and_the_base(monkeypatch):
+    from tests.fixtures import rootfs
+
+    key = rootfs.cloud_init_key()
+    assert key == rootfs.cloud_init_key() and key != base_key()
+    monkeypatch.setattr(rootfs, "CLOUD_INIT_PACKAGES", (*rootfs.CLOUD_INIT_PACKAGES, "curl"))
+    with_curl = rootfs.cloud_init_key()
+    assert with_curl != key
+    monkeypatch.setattr(rootfs, "BASE_PACKAGES", (*rootfs.BASE_PACKAGES, "curl"))
+    assert rootfs.cloud_init_key() != with_curl  # a new base means a new cloud-init tree
+
+
+def test_nocloud_seed_is_a_first_boot_with_the_user_data_unchanged(tmp_path: Path):
+    from tests.fixtures.rootfs import seed_nocloud
+
+    (tmp_path / "etc/cloud/cloud.cfg.d").mkdir(parents=True)
+    (tmp_path / "etc/machine-id").write_text("0123\n")
+    user_data = "#cloud-config\nruncmd: [[/bin/true]]\n"
+    seed_nocloud(tmp_path, user_data, "i-test")
+    assert (tmp_path / "var/lib/cloud/seed/nocloud/user-data").read_text() == user_data
+    assert "instance-id: i-test" in (tmp_path / "var/lib/cloud/seed/nocloud/meta-data").read_text()
+    assert "NoCloud" in (tmp_path / "etc/cloud/cloud.cfg.d/99-test-datasource.cfg").read_text()
+    assert not (tmp_path / "etc/machine-id").exists()

@@ -43,6 +43,37 @@ Describe 'worker_agent' {
         $service.StartName | Should -Match 'pool-agent'
     }
 
+    # What the jobobject driver's availability check requires (kept in step by tests/playbooks/test_windows_role.py).
+    It 'has pywin32 in the agent venv (<_>)' -ForEach @('win32api', 'win32con', 'win32event', 'win32file', 'win32job', 'win32process', 'win32security') {
+        & "$AgentDir/venv/Scripts/python.exe" -c "import $_"
+        $LASTEXITCODE | Should -Be 0
+    }
+
+    It 'created the pool-sandbox account' {
+        Get-LocalUser -Name 'pool-sandbox' | Should -Not -BeNullOrEmpty
+        (Get-LocalGroupMember -Group Administrators | Where-Object { $_.Name -match 'pool-sandbox$' }) | Should -BeNullOrEmpty
+    }
+
+    It 'keeps the sandbox password readable by the service account only' {
+        $file = 'C:/ProgramData/pool-agent/sandbox-password.txt'
+        (Get-Item $file).Length | Should -BeGreaterThan 20
+        $acl = Get-Acl $file
+        $acl.AreAccessRulesProtected | Should -BeTrue
+        $who = $acl.Access | ForEach-Object { $_.IdentityReference.Value -replace '^.*\\', '' }
+        $who | Should -Not -Contain 'Users'
+        $who | Should -Not -Contain 'Everyone'
+        $who | Should -Contain 'pool-agent'
+        # The service's launcher sets POOL_SANDBOX_PASSWORD from it.
+        Get-Content -Raw "$AgentDir/start_agent.py" | Should -Match 'POOL_SANDBOX_PASSWORD'
+    }
+
+    It 'schedules the termination watcher at boot' {
+        $task = Get-ScheduledTask -TaskName 'pool-termination-watch'
+        $task.State | Should -Not -Be 'Disabled'
+        $task.Principal.UserId | Should -Match 'SYSTEM'
+        Test-Path "$AgentDir/termination_watch.py" | Should -BeTrue
+    }
+
     It 'keeps the config directory private' {
         $acl = Get-Acl (Split-Path $ConfigPath)
         $acl.AreAccessRulesProtected | Should -BeTrue
