@@ -163,7 +163,10 @@ class Storage:
         return f"{self.service.url.rstrip('/')}/{container}/{blob}?{token}"
 
     def _delegation_key(self, expiry: datetime) -> Any:
-        if self._delegation is None or self._delegation[1] < expiry:
+        # A key lives at most 7 days (Azure's cap): a SAS asked to outlive that cannot be covered by
+        # any key, so a fresh one is not fetched for it again and again (one per URL).
+        needed = min(expiry, datetime.now(UTC) + timedelta(days=7) - timedelta(minutes=5))
+        if self._delegation is None or self._delegation[1] < needed:
             key_expiry = max(expiry, datetime.now(UTC) + timedelta(days=6))
             key_expiry = min(key_expiry, datetime.now(UTC) + timedelta(days=7))
             key = self.service.get_user_delegation_key(datetime.now(UTC) - CLOCK_SKEW, key_expiry)

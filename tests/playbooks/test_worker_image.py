@@ -311,9 +311,29 @@ def test_install_worker_over_ssh_is_idempotent(worker: Worker, pool: Pool):
     assert _wait_active(worker)["MainPID"] == before["MainPID"]
 
 
+def _one_delivery(statuses: list) -> None:
+    """The task was received once and ran to its end on that first delivery, and no status of that
+    delivery went missing: the attempt number alone would not show a redelivery (a drained-too-late
+    task handed back, or lost with its worker, comes back with the same attempt)."""
+    from worker.agent.reporter import SEQ_PER_DELIVERY
+
+    received = [s for s in statuses if s.state.value == "received"]
+    assert len(received) == 1, f"received {len(received)} times: {[(s.state.value, s.seq) for s in statuses]}"
+    deliveries = {s.seq // SEQ_PER_DELIVERY for s in statuses}
+    assert len(deliveries) == 1, f"statuses of several deliveries: {sorted(deliveries)}"
+    first = deliveries.pop()
+    assert first == 0, f"not the first delivery: delivery count {first}"  # AMQP delivery-count: 0 = first
+    offsets = sorted(s.seq - first * SEQ_PER_DELIVERY for s in statuses)
+    assert offsets == list(range(len(offsets))), f"statuses missing (seq gaps): {offsets}"
+    assert statuses[-1].state.value == "finished" and statuses[-1].attempt == 1
+
+
 def test_rotate_credentials_without_losing_the_agent(worker: Worker, pool: Pool):
     before = _wait_active(worker)
     pool.set_policies("a", "b")  # new keys published next to the old ones
+    # A task runs while the credentials rotate: the agent restarts only after it finished (drain).
+    running_id = pool.submit(["python", "-c", "import time; time.sleep(8); print('ran through the rotation')"])
+    pool.statuses(running_id, {"running"}, timeout=60)
     result = run_playbook("rotate-credentials.yml", worker.inventory, worker.log, {
         "worker_agent_servicebus": pool.servicebus_settings("b"),
         "worker_agent_pool": pool.competition,
@@ -324,6 +344,8 @@ def test_rotate_credentials_without_losing_the_agent(worker: Worker, pool: Pool)
     after = _wait_active(worker)
     assert after["MainPID"] != before["MainPID"], "the agent was not restarted with the new config"
     assert pool.servicebus_settings("b")["task_queue_connection_string"] in worker.ssh(f"cat {CONFIG}").stdout
+    _one_delivery(pool.statuses(running_id, {"finished", "failed", "timed_out", "cancelled"}, timeout=60))
+    assert "ran through the rotation" in pool.stdout(running_id)
     pool.set_policies("b")  # old keys revoked: only the new config can work now
     task_id = pool.submit(["python", "-c", "print('rotated')"])
     statuses = pool.statuses(task_id, {"finished", "failed", "timed_out", "cancelled"}, timeout=90)
@@ -341,7 +363,7 @@ def test_patch_drains_a_running_task_reboots_and_brings_the_agent_back(worker: W
     assert result.returncode == 0, tail(worker.log)
     # The drain let the running task finish (grace 60 s > 8 s): finished on its first attempt.
     statuses = pool.statuses(task_id, {"finished", "failed", "timed_out", "cancelled"}, timeout=60)
-    assert statuses[-1].state.value == "finished" and statuses[-1].attempt == 1, statuses
+    _one_delivery(statuses)  # finished on its first delivery: counted, not only its attempt number
     assert "survived the drain" in pool.stdout(task_id)
     assert worker.machine.boots == boots + 1, "patch.yml did not reboot the machine"
     after = _wait_active(worker)

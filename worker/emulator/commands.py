@@ -47,6 +47,7 @@ def emulator(
         raise typer.Exit(2) from None
     from worker.emulator.app import run
     from worker.emulator.config import ConfigError
+    from worker.emulator.storelock import StoreLocked
 
     if durability.lower() not in ("full", "normal"):
         raise typer.BadParameter("must be 'full' or 'normal'", param_hint="--durability")
@@ -57,6 +58,9 @@ def emulator(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except StoreLocked as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     except OSError as exc:
         typer.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from exc

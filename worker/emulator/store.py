@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.emulator.storelock import StoreLock
+
 log = logging.getLogger(__name__)
 Op = tuple[str, tuple]
 
@@ -78,6 +80,7 @@ class Store:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._lock = StoreLock(path.parent).acquire()  # a second broker on this store refuses to start
         # isolation_level=None: we issue BEGIN/COMMIT ourselves to batch writes.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -220,3 +223,4 @@ class Store:
             self.commit()
         finally:
             self._db.close()
+            self._lock.release()

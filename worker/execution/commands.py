@@ -13,7 +13,65 @@ echo "cwd $(pwd)"
 ls ../program/hello.txt >/dev/null 2>&1 && echo "program readable" || echo "program MISSING"
 (echo x > ../program/x) 2>/dev/null && echo "program WRITABLE" || echo "program read-only"
 echo ok > ../output/ok.txt && echo "output writable"
+if command -v python3 >/dev/null 2>&1; then python3 -c "$NET_PROBE"; else echo "net noprobe"; fi
 """
+# Connects to a listener the check opens on the host's 127.0.0.1 (where the agent, the emulator
+# and Azurite listen): a sandbox with its own network namespace cannot reach it.
+NET_PROBE = """
+import os, socket
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(("127.0.0.1", int(os.environ["POOL_PROBE_PORT"])))
+    s.sendall(b"probe")
+    print("net reached")
+except OSError as exc:
+    print("net blocked", exc.errno)
+"""
+
+
+class _Listener:
+    """A TCP listener on the host's loopback that counts who really got through."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _addr = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _network_row(driver_name: str, lines: list[str], accepted: int, port: int) -> tuple[str, bool, str]:
+    """What the probe saw, checked against what the driver claims (only `process` does not isolate)."""
+    expect_isolated = driver_name != "process"
+    said = next((ln for ln in lines if ln.startswith("net ")), "net noprobe")
+    if said == "net noprobe":
+        return "network isolated (probed)", False, "no python3 inside to probe with"
+    reached = accepted > 0 or said == "net reached"
+    detail = (f"the program reached the host's 127.0.0.1:{port}" if reached
+              else f"the host's 127.0.0.1:{port} unreachable from the program (errno {said.split()[-1]})")
+    if not expect_isolated:
+        return "network not isolated (probed)", reached, detail
+    return "network isolated (probed)", not reached, detail
 
 
 def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
@@ -28,6 +86,7 @@ def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
 
     root = Path(tempfile.mkdtemp(prefix="pool-sandbox-check-", dir="/var/tmp" if os.name != "nt" else None))
     rows: list[tuple[str, bool, str]] = []
+    listener = _Listener()
     try:
         os.chmod(root, 0o711)
         task = root / "work" / "check"  # <work_dir>/<task>: drivers keep their own state in <work_dir>
@@ -40,6 +99,7 @@ def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
             task_id="sandbox-check", argv=["/bin/sh", "-c", SELF_TEST], scratch_dir=task / "scratch",
             output_dir=task / "output",
             mounts=[Mount(task / "program", "/task/program"), Mount(task / "inputs", "/task/inputs")],
+            env={"NET_PROBE": NET_PROBE, "POOL_PROBE_PORT": str(listener.port)},
             limits=Limits(wall_time_s=30, memory_bytes=256 * 1024**2, max_processes=64, scratch_bytes=64 * 1024**2,
                           tmp_bytes=16 * 1024**2, open_files=256, file_size_bytes=64 * 1024**2),
         )
@@ -58,9 +118,11 @@ def _self_test(driver_name: str, driver: object) -> list[tuple[str, bool, str]]:
         if isolated:
             rows.append(("cwd is /task/scratch", "cwd /task/scratch" in lines, next(
                 (ln for ln in lines if ln.startswith("cwd ")), "")))
+        rows.append(_network_row(driver_name, lines, listener.accepted, listener.port))
     except Exception as exc:  # noqa: BLE001 - the self-test reports any failure, it does not crash
         rows.append(("program ran", False, f"{type(exc).__name__}: {exc}"))
     finally:
+        listener.close()
         remove_work_root(root, [driver])
     return rows
 

@@ -30,6 +30,7 @@ from worker.execution.base import (
     ExecutionResult,
     ExecutionSpec,
 )
+from worker.execution.guard import task_guard
 from worker.protocol import KillReason
 
 SANDBOX_ROOT = "/task"
@@ -142,6 +143,11 @@ class DockerExecution(Execution):
         self.cli = cmd[0]
         self._reason: KillReason | None = None
         self._result: ExecutionResult | None = None
+        # The container belongs to the engine, not to this process: if the agent dies (even SIGKILL),
+        # its guard process removes the container (worker/execution/guard.py).
+        self._guard = task_guard() if os.name == "posix" else None
+        if self._guard is not None:
+            self._guard.watch(name, cleanup=[self.cli, "rm", "-f", name])
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -173,6 +179,8 @@ class DockerExecution(Execution):
         duration = time.monotonic() - self.started
         oom, code = self._inspect()
         subprocess.run([self.cli, "rm", "-f", self.name], capture_output=True, timeout=60, check=False)
+        if self._guard is not None:
+            self._guard.release(self.name)
         reason, detail = self._reason, None
         if reason is None and oom:
             reason, detail = KillReason.MEMORY, "the container was OOM-killed"

@@ -36,6 +36,7 @@ if sys.platform != "win32":
     import resource
 
 from worker.execution.base import Execution, ExecutionDriver, ExecutionResult, ExecutionSpec, Limits
+from worker.execution.guard import task_guard
 from worker.protocol import KillReason
 
 TOKEN_VAR = "POOL_EXECUTION_TOKEN"
@@ -130,19 +131,32 @@ class ProcessExecution(Execution):
                 argv = _prlimit_argv(plan, argv)
             else:
                 preexec = _make_preexec(plan)
+        # If the agent dies (even SIGKILL), its guard process kills this program's session and
+        # everything carrying its token (worker/execution/guard.py). Registered before the start:
+        # no moment when the program runs unguarded.
+        self._guard = task_guard() if sys.platform != "win32" else None
+        if self._guard is not None:
+            self._guard.watch(self._token, token=self._token)
         self._started = time.monotonic()
-        self._popen = subprocess.Popen(
-            argv,
-            cwd=spec.scratch_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-            # Safe with threads here: the hook only calls setrlimit (module imported beforehand).
-            preexec_fn=preexec,  # noqa: PLW1509
-        )
+        try:
+            self._popen = subprocess.Popen(
+                argv,
+                cwd=spec.scratch_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+                # Safe with threads here: the hook only calls setrlimit (module imported beforehand).
+                preexec_fn=preexec,  # noqa: PLW1509
+            )
+        except BaseException:
+            if self._guard is not None:
+                self._guard.release(self._token)
+            raise
+        if self._guard is not None:
+            self._guard.watch(self._token, session=self._popen.pid)
         self.stdout = self._popen.stdout  # type: ignore[assignment]
         self.stderr = self._popen.stderr  # type: ignore[assignment]
         self.pid = self._popen.pid
@@ -176,6 +190,8 @@ class ProcessExecution(Execution):
         if not self._finished:
             self._finished = True
             self._kill_tree()  # the task is over: nothing it started may outlive it
+            if self._guard is not None:
+                self._guard.release(self._token)
         exit_code, sig = (code, None) if code is not None and code >= 0 else (None, -(code or 0) or None)
         return ExecutionResult(
             exit_code=exit_code,

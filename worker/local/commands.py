@@ -51,7 +51,9 @@ def _open_site(data_dir: Path, *, require_running: bool = True):  # type: ignore
 @local_app.command("up")
 def local_up(
     workers: int = typer.Option(2, "--workers", "-w", min=0, help="Agents per pool."),
-    driver: str = typer.Option("process", "--driver", help="Execution driver of the agents (process, bwrap...)."),
+    driver: str = typer.Option("auto", "--driver", help="Execution driver of the agents: auto (default: bwrap "
+                                                      "where `pool sandbox check` passes, else process with a "
+                                                      "warning), bwrap, process (unsandboxed, opt-in)..."),
     competition: list[str] = typer.Option(["default"], "--competition", "-c",
                                           help="Competition(s) to create at start (repeatable)."),
     database_url: str | None = typer.Option(None, "--database-url", envvar="POOL_DATABASE_URL",
@@ -101,23 +103,44 @@ def local_up(
 @local_app.command("down")
 def local_down(data_dir: Path = _data_dir_option(),
                timeout: float = typer.Option(60, help="Seconds to wait for a clean stop.")) -> None:
-    """Stop a stack started with `pool local up` in another terminal (sends it SIGTERM)."""
+    """Stop a stack started with `pool local up` in another terminal (sends it SIGTERM).
+
+    Also after a crash: when `pool local up` is gone (killed) but its emulator, Azurite or agents
+    still run, they are found from the profile and the data dir and stopped."""
     import os
     import signal
     import time
 
-    from worker.local.profile import StackNotRunning, load_profile
+    from worker.local.profile import StackNotRunning, load_profile, update_profile
+    from worker.local.survivors import find_survivors, stop_survivors
 
     try:
-        profile = load_profile(data_dir)
+        profile = load_profile(data_dir, require_running=False)
     except StackNotRunning as exc:
         raise _fail(str(exc)) from None
-    os.kill(profile.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while profile.alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if profile.alive:
-        raise _fail(f"pid {profile.pid} still running after {timeout:.0f} s")
+    if profile.alive and profile.state != "stopped":
+        os.kill(profile.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while profile.alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if profile.alive:
+            raise _fail(f"pid {profile.pid} still running after {timeout:.0f} s")
+        crashed = False
+    else:
+        crashed = True
+    survivors = find_survivors(data_dir, profile)
+    if survivors:
+        if crashed:
+            typer.echo(f"the stack's own process (pid {profile.pid}) is gone; stopping what it left running")
+        stop_survivors(survivors, typer.echo)
+    elif crashed:
+        raise _fail(f"the local stack in {data_dir.resolve()} is not running (pid {profile.pid} is gone) "
+                    "and left nothing running")
+
+    def stopped(p) -> None:  # type: ignore[no-untyped-def]
+        p.state = "stopped"
+
+    update_profile(data_dir, stopped)
     typer.echo("stopped")
 
 
@@ -203,7 +226,8 @@ def competition_limits(
 # --- pool demo --------------------------------------------------------------------------------------
 def demo(
     workers: int = typer.Option(3, "--workers", "-w", min=1, help="Agents for the demo pool."),
-    driver: str = typer.Option("process", "--driver", help="Execution driver of the agents."),
+    driver: str = typer.Option("auto", "--driver", help="Execution driver of the agents: auto (bwrap where it "
+                                                      "works, else process with a warning), bwrap, process."),
     timeout: float = typer.Option(180, "--timeout", help="Give up after this many seconds."),
     data_dir: Path = _data_dir_option(),
 ) -> None:

@@ -70,7 +70,15 @@ class Entry:
         return True, "scored as expected"
 
 
-def run_demo(data_dir: str | Path, *, workers: int = 3, driver: str = "process", timeout: float = 180,
+def _say_driver(console: Console, line: str) -> None:
+    """Of the stack's chatter, the demo shows which driver runs the programs (and any warning)."""
+    if line.startswith("WARNING"):
+        console.print(line, style="bold red", markup=False)
+    elif line.startswith("execution driver"):
+        console.print(line, markup=False)
+
+
+def run_demo(data_dir: str | Path, *, workers: int = 3, driver: str = "auto", timeout: float = 180,
              console: Console | None = None) -> int:
     from worker.local.competition import create_local_competition
     from worker.local.profile import StackNotRunning, load_profile
@@ -88,7 +96,7 @@ def run_demo(data_dir: str | Path, *, workers: int = 3, driver: str = "process",
         console.print(f"starting the local stack in {Path(data_dir).resolve()} ({workers} agents, {driver} driver)...")
         try:
             stack = LocalStack(data_dir, workers=workers, driver=driver, competitions=(COMPETITION,),
-                               agent_pools=(COMPETITION,), on_output=lambda _line: None).start()
+                               agent_pools=(COMPETITION,), on_output=lambda line: _say_driver(console, line)).start()
         except (StackError, RuntimeError) as exc:
             console.print(f"[red]error:[/] the local stack did not start: {exc}")
             return 1

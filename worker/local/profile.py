@@ -48,6 +48,17 @@ class PoolInfo(_Model):
     worker_send_connection_string: str
 
 
+class ProcessRecord(_Model):
+    """A child of the stack, so that a later `pool local up|down` finds it after a crash."""
+
+    pid: int
+    role: str  # emulator | azurite | agent | site
+    started: float  # its start time (psutil): a later process reusing the pid is not it
+    ports: list[int] = Field(default_factory=list)
+    pool: str | None = None  # agents: the pool they serve
+    state: str = "running"  # running | restarting | given_up (agents the stack stopped restarting)
+
+
 class LocalProfile(_Model):
     version: int = 1
     pid: int
@@ -62,6 +73,7 @@ class LocalProfile(_Model):
     driver: str = "process"
     site_url: str | None = None  # the site service (API + dashboard) this stack runs
     site_token: str | None = None  # its generated admin token (this file is 0600)
+    processes: dict[str, ProcessRecord] = Field(default_factory=dict)  # emulator, azurite, agent:<worker id>
 
     def site_settings(self) -> SiteSettings:
         return SiteSettings(database_url=self.database_url, storage_connection_string=self.storage_connection_string,

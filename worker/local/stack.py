@@ -44,11 +44,18 @@ from worker.local.profile import (
     PoolInfo,
     load_profile,
     profile_lock,
+    update_profile,
 )
+from worker.local.survivors import find_survivors, record, stop_survivors, wait_ports_free
 from worker.util.process_group import stop_process_group
 
 DEFAULT_COMPETITION = "default"
-MAX_QUICK_EXITS = 3
+# An agent that exits before it ever reached "ready" (receiver attached) is restarted after a growing
+# pause; after this many such exits in a row it is given up (a broken config, a driver that cannot
+# run). An agent that had reached ready is always restarted: a crash mid-task must not shrink the pool.
+MAX_FAILED_STARTS = 5
+RESTART_BACKOFF_S = (1.0, 30.0)  # first pause, longest pause (doubling in between)
+READY_LINE = b"ready, waiting for tasks"  # the agent's log line once its receiver is attached
 
 
 class StackError(PoolError, RuntimeError):
@@ -63,11 +70,23 @@ class AgentProcess:
     log_path: Path
     process: subprocess.Popen | None = None
     started_at: float = 0.0
-    quick_exits: int = 0  # consecutive exits soon after a start: past 3 it is not restarted again
+    log_offset: int = 0  # where this start's lines begin in the log
+    failed_starts: int = 0  # consecutive exits that never reached ready
+    restart_at: float | None = None  # when a dead agent is due to be started again
+    given_up: bool = False
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def reached_ready(self) -> bool:
+        """Whether this start got as far as a receiver on its queue (its log says so)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                return READY_LINE in log.read()
+        except OSError:
+            return False
 
 
 class LocalStack:
@@ -113,9 +132,10 @@ class LocalStack:
         (self.data_dir / "logs").mkdir(exist_ok=True)
         self._refuse_if_running()
         self._check_driver()
+        previous = self._previous_profile()
+        self._stop_survivors(previous)
         try:
             key = self._emulator_config()
-            previous = self._previous_profile()
             self.emulator = EmulatorProcess(self.data_dir / "emulator.yaml", self.data_dir / "emulator",
                                             port=_reuse(previous and previous.emulator.port),
                                             http_port=_reuse(previous and previous.emulator.http_port))
@@ -134,6 +154,9 @@ class LocalStack:
                 storage_connection_string=self.azurite.connection_string,
                 database_url=self.database_url or f"sqlite:///{self.data_dir / 'site.db'}",
                 lost_after_s=self.lost_after_s, workers_per_pool=self.workers, driver=self.driver,
+                processes={"emulator": record(self.emulator.proc.pid, "emulator",
+                                              (self.emulator.port, self.emulator.http_port)),
+                           "azurite": record(self.azurite.process.pid, "azurite", (self.azurite.port,))},
             )
             token = (previous and previous.site_token) or secrets.token_urlsafe(32)
             self.service = SiteService(local_site_config(self.profile, token, _reuse(
@@ -165,8 +188,23 @@ class LocalStack:
                 raise StackError(f"a local stack is already running from {self.data_dir} (pid {profile.pid}); "
                                  "stop it first (Ctrl-C there, or `pool local down`)")
 
+    def _stop_survivors(self, previous: LocalProfile | None) -> None:
+        """A crashed earlier stack on this data dir may have left its children running: stop them
+        before anything new starts (a second broker on the store, agents with the same ids)."""
+        survivors = find_survivors(self.data_dir, previous)
+        if not survivors:
+            return
+        self.say(f"found {len(survivors)} process(es) left by an earlier stack in {self.data_dir} "
+                 f"(was it killed?): " + ", ".join(s.describe() for s in survivors))
+        stop_survivors(survivors, self.say)
+        if previous is not None:
+            wait_ports_free(port for rec in previous.processes.values() for port in rec.ports)
+
     def _check_driver(self) -> None:
         from worker.execution import get_driver
+        from worker.local.sandboxing import choose_driver
+
+        self.driver = choose_driver(self.driver, self.data_dir, self.say)  # "auto": bwrap where it works
 
         try:
             get_driver(self.driver).check_available()
@@ -235,12 +273,25 @@ class LocalStack:
     def start_agent(self, agent: AgentProcess) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _python_path()}
         agent.started_at = time.monotonic()
+        agent.restart_at = None
         with open(agent.log_path, "ab") as log:
+            agent.log_offset = log.tell()
             agent.process = subprocess.Popen(
                 [sys.executable, "-m", "worker", "agent", "--config", str(agent.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
                 cwd=agent.config_path.parent,  # not the caller's cwd: a ./worker there would shadow the package
             )
+        self._record_agent(agent, "running")
+
+    def _record_agent(self, agent: AgentProcess, state: str) -> None:
+        def change(profile: LocalProfile) -> None:
+            rec = record(agent.process.pid, "agent") if agent.process else None  # type: ignore[union-attr]
+            if rec is not None:
+                rec.state, rec.pool = state, agent.pool
+                profile.processes[f"agent:{agent.worker_id}"] = rec
+
+        if (self.data_dir / PROFILE_NAME).exists():
+            self.profile = update_profile(self.data_dir, change)
 
     def sync_agents(self) -> None:
         """N agents for every pool (new pools created by `pool competition create` included)."""
@@ -257,20 +308,37 @@ class LocalStack:
                 self.say(f"agent {agent.worker_id} started (pid {agent.process.pid})")  # type: ignore[union-attr]
 
     def restart_dead_agents(self) -> list[str]:
+        """Restart agents that died: at once if they had been ready, else after a doubling pause;
+        give one up only after MAX_FAILED_STARTS exits in a row that never reached ready."""
         restarted = []
+        now = time.monotonic()
         for agents in self.agents.values():
             for agent in agents:
-                if agent.alive or self._stopping.is_set() or agent.quick_exits > MAX_QUICK_EXITS:
+                if agent.alive or agent.given_up or self._stopping.is_set():
                     continue
-                code = agent.process.returncode if agent.process else None
-                agent.quick_exits = agent.quick_exits + 1 if time.monotonic() - agent.started_at < 10 else 0
-                if agent.quick_exits > MAX_QUICK_EXITS:
-                    self.say(f"agent {agent.worker_id} keeps exiting (code {code}); not restarting it: "
-                             f"see {agent.log_path}")
-                    continue
-                self.say(f"agent {agent.worker_id} exited (code {code}); restarting it")
-                self.start_agent(agent)
-                restarted.append(agent.worker_id)
+                if agent.restart_at is None:  # just noticed that it died
+                    code = agent.process.returncode if agent.process else None
+                    if agent.reached_ready():
+                        agent.failed_starts = 0
+                        agent.restart_at = now
+                        self.say(f"agent {agent.worker_id} exited (code {code}); restarting it")
+                    else:
+                        agent.failed_starts += 1
+                        if agent.failed_starts >= MAX_FAILED_STARTS:
+                            agent.given_up = True
+                            self._record_agent(agent, "given_up")
+                            self.say(f"agent {agent.worker_id} exited {agent.failed_starts} times in a row before "
+                                     f"it was ready (code {code}); not restarting it: see {agent.log_path}")
+                            continue
+                        first, longest = RESTART_BACKOFF_S
+                        pause = min(longest, first * 2 ** (agent.failed_starts - 1))
+                        agent.restart_at = now + pause
+                        self._record_agent(agent, "restarting")
+                        self.say(f"agent {agent.worker_id} exited before it was ready (code {code}); "
+                                 f"restarting it in {pause:.0f} s")
+                if now >= agent.restart_at:
+                    self.start_agent(agent)
+                    restarted.append(agent.worker_id)
         return restarted
 
     def wait_ready(self, timeout: float) -> None:
@@ -281,7 +349,8 @@ class LocalStack:
             missing = self._not_ready()
             if not missing:
                 return
-            dead = [a.worker_id for agents in self.agents.values() for a in agents if not a.alive]
+            dead = [a.worker_id for agents in self.agents.values() for a in agents
+                    if not a.alive and not a.given_up and a.restart_at is None]
             if dead:
                 raise StackError(f"agent(s) {', '.join(dead)} exited during start; see {self.data_dir / 'logs'}")
             if time.monotonic() > deadline:
@@ -299,8 +368,9 @@ class LocalStack:
         for pool, agents in self.agents.items():
             queue = (self.profile.pools[pool].task_queue if self.profile else pool).lower()
             consumers = int(metrics.get(queue, {}).get("consumers", 0))
-            if consumers < len(agents):
-                missing.append(f"{pool} agents ({consumers}/{len(agents)} listening)")
+            running = sum(1 for a in agents if a.alive)  # not the ones waiting for a restart or given up
+            if consumers < running:
+                missing.append(f"{pool} agents ({consumers}/{running} listening)")
         return missing
 
     # --- run and stop -----------------------------------------------------------------------------

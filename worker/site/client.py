@@ -30,6 +30,7 @@ class SiteClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.local_agents: dict[str, list[tuple[str, str]]] = {}  # found through a local profile: its agents
 
     def _request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                  content_type: str = "application/json", stream: bool = False) -> Any:
@@ -114,7 +115,20 @@ def find_site(site: str | None, token: str | None, data_dir: str | Path) -> Site
     if profile.get("state") == "stopped" or not profile.get("site_url") or not _alive(profile.get("pid")):
         raise SiteClientError(f"the local stack in {Path(data_dir).resolve()} is not running: start it with "
                               "`pool local up` (or give --site URL)")
-    return SiteClient(profile["site_url"], token or profile.get("site_token"))
+    client = SiteClient(profile["site_url"], token or profile.get("site_token"))
+    client.local_agents = local_agents(profile)
+    return client
+
+
+def local_agents(profile: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Per pool, the agents a local stack keeps (worker id, running | restarting | given_up), from its
+    profile's process records (worker.local.profile.ProcessRecord, read as plain YAML: no import of
+    the local stack here)."""
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for name, rec in (profile.get("processes") or {}).items():
+        if isinstance(rec, dict) and rec.get("role") == "agent" and rec.get("pool"):
+            wanted.setdefault(rec["pool"], []).append((name.removeprefix("agent:"), rec.get("state", "running")))
+    return wanted
 
 
 def _alive(pid: Any) -> bool:

@@ -250,15 +250,26 @@ def status(
         raise _fail(str(exc)) from None
     table = Table(title="pools", title_justify="left")
     table.add_column("pool", no_wrap=True)
-    for column in ("depth", "DLQ", "workers", "idle", "queued", "active", "done", "failed", "timeout", "cancel",
-                   "done/min"):
+    for column in ("depth", "DLQ", "workers", "idle", "waiting", "queued", "active", "done", "failed", "timeout",
+                   "cancel", "done/min"):
         table.add_column(column, justify="right")
+    short: list[str] = []
     for p in pools:
         t = p["tasks"]
         active = sum(t[s] for s in ("received", "preparing", "running", "uploading"))
-        table.add_row(p["name"], _n(p["queue"]["active"]), _n(p["queue"]["dead_lettered"]), str(p["workers"]["live"]),
-                      str(p["workers"]["idle"]), str(t["queued"]), str(active), str(t["finished"]), str(t["failed"]),
-                      str(t["timed_out"]), str(t["cancelled"]), str(p["throughput"]["per_minute"]))
+        live, workers = p["workers"]["live"], str(p["workers"]["live"])
+        wanted = client.local_agents.get(p["name"])  # a local stack: the agents it keeps for this pool
+        if wanted and live < len(wanted):
+            workers = f"[red]{live}/{len(wanted)}[/]"
+            down = [f"{wid} {state.replace('_', ' ')}" for wid, state in wanted if state != "running"]
+            short.append(f"{p['name']}: {live} of {len(wanted)} agents live" + (f" ({', '.join(down)})" if down else ""))
+        table.add_row(p["name"], _n(p["queue"]["active"]), _n(p["queue"]["dead_lettered"]), workers,
+                      str(p["workers"]["idle"]), str(t.get("waiting", 0)), str(t["queued"]), str(active),
+                      str(t["finished"]), str(t["failed"]), str(t["timed_out"]), str(t["cancelled"]),
+                      str(p["throughput"]["per_minute"]))
+    if short:
+        table.caption = "[red]short of agents[/] - " + "; ".join(short)
+        table.caption_justify = "left"
     console.print(table)
     recent = Table(title=f"recent tasks (latest {limit})", title_justify="left")
     for column in ("task", "pool", "state", "exit", "took", "worker"):
