@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from worker.util.pids import pid_alive
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "agent-state.json"
@@ -92,15 +94,6 @@ def read_state(control_dir: Path) -> AgentState | None:
     return AgentState.from_dict(data)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def drain_requested(control_dir: Path) -> bool:
     return (control_dir / DRAIN_FILE).exists()
@@ -148,7 +141,7 @@ class StateFile:
             other = read_state(self.control_dir)
         except (OSError, ValueError, TypeError):
             pass  # unreadable or from an older format: ours replaces it
-        if other is not None and other.state != "stopped" and other.pid != os.getpid() and _alive(other.pid):
+        if other is not None and other.state != "stopped" and other.pid != os.getpid() and pid_alive(other.pid):
             log.warning("control directory %s is also used by the running agent pid %d (%s): give each agent "
                         "its own control_dir, or their states and drain flags mix", self.control_dir, other.pid,
                         other.worker_id)

@@ -1,4 +1,6 @@
-"""What the CLI and the demo do against a local stack's site: open it, submit, wait, read logs."""
+"""What the demo, `pool competition limits` and the tests do against a local stack's site directly (its
+database and storage): open it, wait for a task, read logs. The user-facing commands go through the
+site's HTTP API (worker.site.commands)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ from worker.site.models import Task
 from worker.site.service import Site
 from worker.storage import LogStream
 
-RUNNERS = (("run.sh", ["sh", "../program/run.sh"]), ("main.py", ["python3", "../program/main.py"]))
-
 
 class ClientError(PoolError, RuntimeError):
     pass
@@ -22,16 +22,6 @@ class ClientError(PoolError, RuntimeError):
 def open_site(data_dir: str | Path, *, require_running: bool = True) -> Site:
     profile = load_profile(data_dir, require_running=require_running)
     return Site(profile.site_settings())
-
-
-def bundle_command(bundle: Path) -> list[str]:
-    """What to run in a bundle when no command is given: its run.sh, else its main.py. The program
-    runs in its scratch directory; the bundle is at ../program (see docs/local.md)."""
-    for name, command in RUNNERS:
-        if (bundle / name).is_file():
-            return command
-    raise ClientError(f"{bundle} has neither run.sh nor main.py: give the command after `--` "
-                      "(the bundle is at ../program from the program's working directory)")
 
 
 def get_task(site: Site, task_id: str) -> Task:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import PoolError
+from worker.util.pids import pid_alive
 
 
 class SiteClientError(PoolError, RuntimeError):
@@ -112,7 +113,8 @@ def find_site(site: str | None, token: str | None, data_dir: str | Path) -> Site
         raise SiteClientError(f"no site: give --site URL (or POOL_SITE_URL), or start a local stack with "
                               f"`pool local up` (no profile in {Path(data_dir).resolve()})")
     profile = yaml.safe_load(path.read_text()) or {}
-    if profile.get("state") == "stopped" or not profile.get("site_url") or not _alive(profile.get("pid")):
+    pid = profile.get("pid")
+    if profile.get("state") == "stopped" or not profile.get("site_url") or not (isinstance(pid, int) and pid_alive(pid)):
         raise SiteClientError(f"the local stack in {Path(data_dir).resolve()} is not running: start it with "
                               "`pool local up` (or give --site URL)")
     client = SiteClient(profile["site_url"], token or profile.get("site_token"))
@@ -130,14 +132,3 @@ def local_agents(profile: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
             wanted.setdefault(rec["pool"], []).append((name.removeprefix("agent:"), rec.get("state", "running")))
     return wanted
 
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
