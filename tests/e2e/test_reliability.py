@@ -164,7 +164,7 @@ def test_the_cli_sets_limits_and_shows_failure_classes(stack):
         assert limited.exit_code == 0, limited.output
         assert "max_in_flight_per_label=2 retry_budget=1" in limited.output
         assert pool("competition", "limits", "no-such-pool").exit_code == 1
-        failed = CliRunner().invoke(app, ["submit", "--data-dir", str(stack.data_dir), "--label", "alice", "--priority",
+        failed = CliRunner().invoke(app, ["submit", "--data-dir", str(stack.data_dir), "--label", "participant=alice", "--priority",
                                           "3", "--wait", "--timeout", "60", "--", "false"])
         assert failed.exit_code == 1 and "failure: participant (exit_code)" in failed.output, failed.output
         task_id = failed.output.split()[1]

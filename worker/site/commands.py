@@ -278,8 +278,10 @@ def status(
     for t in tasks:
         state = _styled(t["state"]) + (f" (try {t['attempt']})" if t["attempt"] > 1 else "")
         took = f"{t['duration_s']:.1f}s" if t["duration_s"] is not None else "-"
-        recent.add_row(t["id"], t["pool"], state, _n(t["exit_code"]), took, t["worker_id"] or "-",
-                       (t["reason"] or "")[:120])
+        reason = t["reason"] or ""
+        if t.get("failure_class") not in (None, "none"):
+            reason = f"{t['failure_class']}/{t['failure_code']}: {reason}"
+        recent.add_row(t["id"], t["pool"], state, _n(t["exit_code"]), took, t["worker_id"] or "-", reason[:120])
     console.print(recent)
 
 
@@ -295,17 +297,18 @@ def _task_detail(t: dict[str, Any]) -> list[Any]:
                          ("time limit", f"{t['time_limit_s']:g} s"), ("labels", labels),
                          ("worker", t["worker_id"] or "-"), ("exit code", _n(t["exit_code"])),
                          ("kill reason", t["kill_reason"] or "-"), ("reason", t["reason"] or "-"),
-                         ("failure", "-" if t.get("failure_class") in (None, "none")
-                          else f"{t['failure_class']} ({t['failure_code']}), infrastructure retries "
-                               f"{t.get('infra_retries', 0)}"),
+                         ("failure", f"{t['failure_class']}: {t['failure_code']}" if t.get("failure_class") else "-"),
+                         ("infrastructure retries", str(t.get("infra_retries", 0))),
+                         ("label / priority", f"{t.get('label') or '-'} / {t.get('priority', 0)}"),
                          ("output bytes", _n(t["output_bytes"])), ("logs", t["logs"]["stdout"])):
         summary.add_row(field, value)
     history = Table(title="history", title_justify="left")
-    for column in ("recorded", "attempt", "seq", "state", "by", "worker", "reason"):
+    for column in ("recorded", "attempt", "seq", "state", "by", "worker", "failure", "reason"):
         history.add_column(column, overflow="fold" if column == "reason" else "ellipsis")
     for e in t["history"]:
+        failure = f"{e['failure_class']}/{e['failure_code']}" if e.get("failure_code") else ""
         history.add_row(e["recorded_at"][11:23], str(e["attempt"]), _n(e["seq"]), _styled(e["state"]), e["source"],
-                        e["worker_id"] or "-", e["reason"] or "")
+                        e["worker_id"] or "-", failure, e["reason"] or "")
     return [summary, history]
 
 

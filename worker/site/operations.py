@@ -97,7 +97,7 @@ def task_view(task: Task, labels: dict[str, str] | None = None) -> dict[str, Any
         "created_at": _iso(task.created_at), "sent_at": _iso(task.sent_at), "started_at": _iso(task.started_at),
         "finished_at": _iso(task.finished_at), "duration_s": round(took, 3) if took is not None else None,
         "cancel_requested_at": _iso(task.cancel_requested_at), "terminal": task.site_state.terminal,
-        "priority": task.priority, "failure_class": task.failure_class, "failure_code": task.failure_code,
+        "label": task.label, "priority": task.priority, "failure_class": task.failure_class, "failure_code": task.failure_code,
         "infra_retries": task.infra_retries,
     }
 
