@@ -11,13 +11,13 @@ import random
 import shutil
 import signal
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.agent.harness import Pool, least_rights_queues
+from tests.fixtures.waiting import wait_until
 from worker.execution.scratchfs import sweep
 from worker.protocol import TaskState
 
@@ -36,16 +36,6 @@ def _sleepers(marker: str) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("driver", [
@@ -68,13 +58,13 @@ def test_sigkilled_agent_takes_its_task_processes_with_it(emulator, queue_factor
                          time_limit_s=600)
         pool.send(task)
         pool.collector.wait_for(task.task_id, lambda s: s.state is TaskState.RUNNING, timeout=60)
-        sleepers = _wait(lambda: len(found := _sleepers(marker)) == 3 and found, 30, "the task's 3 sleeps")
+        sleepers = wait_until(lambda: len(found := _sleepers(marker)) == 3 and found, 30, "the task's 3 sleeps")
         assert any(os.getsid(p.pid) != os.getsid(sleepers[0].pid) for p in sleepers[1:]) or driver == "bwrap"
 
         os.kill(agent.pid, signal.SIGKILL)  # the agent alone, as the OOM killer or a crash would
         agent.wait(10)
-        _wait(lambda: not _sleepers(marker), 10, f"the task's processes to die with their agent "
-                                                  f"(left: {[p.pid for p in _sleepers(marker)]})")
+        wait_until(lambda: not _sleepers(marker), 10, f"the task's processes to die with their agent "
+                                                      f"(left: {[p.pid for p in _sleepers(marker)]})")
     finally:
         if agent is not None and agent.poll() is None:
             agent.kill()

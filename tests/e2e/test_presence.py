@@ -9,11 +9,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from tests.fixtures import waiting
 from worker.agent import run_agent
 from worker.config import competition_queues, parse_agent_config
 from worker.emulator.launcher import generate_key
@@ -86,14 +88,7 @@ def agents(emulator, azurite, tmp_path) -> Iterator[Agents]:
     site.close()
 
 
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_until = partial(waiting.wait_until, timeout=20.0, interval=0.1)
 
 
 def test_idle_agents_are_live_workers_and_a_stopped_one_is_left(agents):

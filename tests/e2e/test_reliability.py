@@ -9,6 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from tests.fixtures.waiting import wait_until
 from worker.local.client import get_task, wait_for
 from worker.local.stack import LocalStack
 from worker.site.db import transaction
@@ -49,14 +50,6 @@ def missing_bundle(stack: LocalStack, tmp_path):
     blob.delete_blob()
     return stored, blob, data
 
-
-def wait_until(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_participant_failures_are_attributed_and_never_retried(stack):

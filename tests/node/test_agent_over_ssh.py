@@ -7,10 +7,12 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures import waiting
 from tests.node.test_ssh import node
 from worker.agent.state import read_state
 
@@ -19,14 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_until(check, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s")
+wait_until = partial(waiting.wait_until, timeout=30, interval=0.2)
 
 
 def test_status_drain_resume_over_ssh(pool, sshd, user_key, tmp_path):

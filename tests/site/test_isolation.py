@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
 
+from tests.fixtures import waiting
 from worker import protocol
 from worker.config import competition_queues
 from worker.emulator.launcher import generate_key
@@ -85,13 +87,7 @@ def pools(emulator, azurite, db_url):
     site.close()
 
 
-def wait_until(predicate, timeout: float = 15, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_until = partial(waiting.wait_until, timeout=15)
 
 
 def status(task_id: str, seq: int, state: S, *, worker: str = "w-a", attempt: int = 1, **kw) -> protocol.Status:

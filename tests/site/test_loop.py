@@ -4,14 +4,15 @@ playing the worker through the azure-servicebus SDK (the real agent is exercised
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQueue
 
+from tests.fixtures import waiting
 from worker import protocol
 from worker.agent import blobs  # the worker's side of the SAS URLs
 from worker.config import competition_queues
@@ -87,14 +88,7 @@ def events(env: Env, task_id: str) -> list[tuple[int, str, str]]:
                 s.query(TaskEvent).filter_by(task_id=task_id).order_by(TaskEvent.id)]
 
 
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_until = partial(waiting.wait_until, timeout=10.0)
 
 
 def test_submit_sends_a_small_task_with_least_rights_urls(env, tmp_path):
