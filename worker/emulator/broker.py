@@ -30,6 +30,9 @@ DLQ_SUFFIX = "$deadletterqueue"
 REASON_MAX_DELIVERY = "MaxDeliveryCountExceeded"
 REASON_TTL = "TTLExpiredException"
 SWEEP_INTERVAL_S = 0.25
+# Sequence numbers are reserved on disk in blocks, so a send costs no UPDATE of the queue row; after
+# a crash numbering resumes above the reserved block (monotonic with a gap, as Azure allows).
+SEQ_BLOCK = 1024
 
 
 def now_ms() -> int:
@@ -202,6 +205,7 @@ class Queue:
         self.config = config
         self.name = config.name
         self.next_seq = next_seq
+        self.reserved_seq = next_seq  # next_seq as stored: numbers below it may have been handed out
         self.runtime = runtime
         self.main = Entity(self, dlq=False)
         self.dlq = Entity(self, dlq=True)
@@ -211,7 +215,9 @@ class Queue:
     def allocate_seq(self) -> int:
         seq = self.next_seq
         self.next_seq += 1
-        self.broker._seq_dirty.add(self)
+        if self.next_seq > self.reserved_seq:
+            self.reserved_seq = seq + SEQ_BLOCK
+            self.broker._seq_dirty.add(self)
         return seq
 
 
@@ -258,7 +264,7 @@ class Broker:
                           row.expires_ms, row.message_id, row.durable, row.priority, row.ttl_ms, row.annotations,
                           bytes(row.bare))
             msg.entity.add(msg)
-            q.next_seq = max(q.next_seq, row.seq + 1)
+            q.next_seq = q.reserved_seq = max(q.next_seq, row.seq + 1)
             if msg.state == "scheduled":
                 self._arm_schedule(msg)
             self._track_expiry(msg)
@@ -306,7 +312,7 @@ class Broker:
         try:
             state, self._turn_state = self._turn_state, _TurnState()
             for q in self._seq_dirty:
-                self.store.set_next_seq(q.name, q.next_seq)
+                self.store.set_next_seq(q.name, q.reserved_seq)
             self._seq_dirty.clear()
             if self.on_turn_end and self.store.dirty:
                 self.on_turn_end()  # send what needs no commit (settlement echoes) before the fsync
@@ -357,7 +363,8 @@ class Broker:
         if existing is not None:
             existing.config = cfg
             existing.runtime = existing.runtime and runtime
-            self.store.put_queue(existing.name, cfg.model_dump(mode="json"), existing.next_seq, existing.runtime)
+            self.store.put_queue(existing.name, cfg.model_dump(mode="json"), existing.reserved_seq,
+                                 existing.runtime)
             self._schedule_turn()
             return existing, False
         q = Queue(self, cfg, 1, runtime)

@@ -147,6 +147,9 @@ class Store:
     def _apply(self, ops: list[Op]) -> None:
         if not ops:
             return
+        if len(ops) == 1:  # one statement is its own transaction (autocommit): no BEGIN/COMMIT calls
+            self._db.execute(*ops[0])
+            return
         self._db.execute("BEGIN")
         try:
             i, n = 0, len(ops)
