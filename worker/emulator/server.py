@@ -24,10 +24,14 @@ from cproton import (
     isnull,
     pn_collector_peek,
     pn_collector_pop,
+    pn_delivery,
     pn_event_delivery,
     pn_event_link,
     pn_event_type,
+    pn_link_recv,
+    pn_link_send,
 )
+from cproton_ffi import ffi, lib
 from proton import Collector, Condition, Connection, Delivery, Event, Link, Message, Transport, symbol
 
 from worker.emulator import codec
@@ -77,31 +81,32 @@ class ConsumerLink:
         self.entity = entity
         self.presettled = link.remote_snd_settle_mode == Link.SND_SETTLED  # RECEIVE_AND_DELETE
         self._tag = 0
+        self._impl = link._impl  # the hot path calls proton's C API directly (no wrapper objects)
 
     def credit(self) -> int:
-        if not self.link.state & Link.LOCAL_ACTIVE:
+        if not lib.pn_link_state(self._impl) & lib.PN_LOCAL_ACTIVE:
             return 0
-        return self.link.credit
+        return lib.pn_link_credit(self._impl)
 
     def offer(self, msg: StoredMessage) -> None:
         broker = self.conn.server.broker
+        impl = self._impl
         if self.presettled:
             payload = msg.encode(None)
             broker.take_unlocked(msg)
             self._tag += 1
-            dlv = self.link.delivery(self._tag.to_bytes(8, "little"))
-            self.link.send(payload)
-            dlv.settle()
+            dlv = pn_delivery(impl, self._tag.to_bytes(8, "little"))
+            pn_link_send(impl, payload)
+            lib.pn_delivery_settle(dlv)
         else:
             lock = broker.lock(msg, holder=self)
-            dlv = self.link.delivery(lock.token.bytes_le)  # the SDK reads the lock token from the tag
-            dlv.lock_token = lock.token
-            self.link.send(msg.encode(lock))
-        self.link.advance()
+            pn_delivery(impl, lock.token.bytes_le)  # the SDK reads the lock token from the tag (so do we)
+            pn_link_send(impl, msg.encode(lock))
+        lib.pn_link_advance(impl)
         self.conn.touch()
 
     def after_pump(self) -> None:
-        if self.link.drain_mode and self.link.credit > 0:
+        if lib.pn_link_get_drain(self._impl) and lib.pn_link_credit(self._impl) > 0:
             self.link.drained()
             self.conn.touch()
 
@@ -110,17 +115,31 @@ class ConsumerLink:
             self.entity.consumers.remove(self)
         self.conn.server.broker.drop_holder(self)
 
-    def on_disposition(self, dlv: Delivery) -> None:
-        token: uuid.UUID | None = dlv.lock_token if _has_attr(dlv, "lock_token") else None
-        if token is None:  # pre-settled delivery, nothing to do
-            dlv.settle()
+    def on_disposition(self, impl: Any) -> None:
+        if self.presettled:  # pre-settled delivery, nothing to do
+            lib.pn_delivery_settle(impl)
             return
+        tag = lib.pn_delivery_tag(impl)
+        token = uuid.UUID(bytes_le=ffi.unpack(tag.start, tag.size))
         broker = self.conn.server.broker
+        if lib.pn_delivery_remote_state(impl) == lib.PN_ACCEPTED:  # complete: the common case, unwrapped
+            try:
+                broker.complete(token)
+            except BrokerError:
+                pass  # answered below, by the general path
+            else:
+                # Echoed at once, before this turn's commit: see the comment in echo() below.
+                if not lib.pn_delivery_settled(impl):
+                    lib.pn_delivery_update(impl, lib.PN_ACCEPTED)
+                    lib.pn_delivery_settle(impl)
+                self.conn.touch()
+                return
+        dlv = Delivery.wrap(impl)
         state = dlv.remote_state
         echo_state = state
         try:
             if state == Delivery.ACCEPTED:
-                broker.complete(token)
+                broker.complete(token)  # raises: the lock is gone (the fast path above saw it)
             elif state == Delivery.REJECTED:
                 reason, description = _dead_letter_info(dlv.remote.condition)
                 broker.dead_letter(token, reason, description)
@@ -191,7 +210,8 @@ class Producer:
         self.queue = entity.queue if entity else None
         self.refusal = refusal
 
-    def on_message(self, dlv: Delivery, raw: bytes) -> None:
+    def on_message(self, dlv: Any, raw: bytes) -> None:
+        """``dlv``: proton's delivery (the C pointer; wrapped only to refuse)."""
         broker = self.conn.server.broker
         try:
             if self.refusal is not None or self.queue is None:
@@ -213,18 +233,29 @@ class Producer:
         except BrokerError as err:
             self._settle(dlv, err)
             return
-        broker.after_commit(lambda: self._settle(dlv, None))
+        lib.pn_incref(dlv)  # keep the delivery alive until it is acknowledged (even if the peer goes)
+        broker.after_commit(lambda: self._acknowledge(dlv))
 
-    def _settle(self, dlv: Delivery, err: BrokerError | None) -> None:
+    def _acknowledge(self, dlv: Any) -> None:
+        if not lib.pn_delivery_settled(dlv):
+            lib.pn_delivery_update(dlv, lib.PN_ACCEPTED)
+            lib.pn_delivery_settle(dlv)
+        lib.pn_decref(dlv)
+        self._replenish()
+
+    def _settle(self, impl: Any, err: BrokerError) -> None:
+        dlv = Delivery.wrap(impl)
         if not dlv.settled:
-            if err is None:
-                dlv.update(Delivery.ACCEPTED)
-            else:
-                dlv.local.condition = _condition(err)
-                dlv.update(Delivery.REJECTED)
+            dlv.local.condition = _condition(err)
+            dlv.update(Delivery.REJECTED)
             dlv.settle()
-        if self.link.state & Link.LOCAL_ACTIVE and self.link.credit < PRODUCER_CREDIT // 2:
-            self.link.flow(PRODUCER_CREDIT - self.link.credit)
+        self._replenish()
+
+    def _replenish(self) -> None:
+        impl = self.link._impl
+        credit = lib.pn_link_credit(impl)
+        if lib.pn_link_state(impl) & lib.PN_LOCAL_ACTIVE and credit < PRODUCER_CREDIT // 2:
+            lib.pn_link_flow(impl, PRODUCER_CREDIT - credit)
         self.conn.touch()
 
 
@@ -237,7 +268,8 @@ class RequestLink:
         self.kind = kind
         self.entity = entity
 
-    def on_message(self, dlv: Delivery, raw: bytes) -> None:
+    def on_message(self, impl: Any, raw: bytes) -> None:
+        dlv = Delivery.wrap(impl)
         request = Message()
         try:
             request.decode(raw)
@@ -280,6 +312,8 @@ class AmqpConnection(asyncio.Protocol):
         self.transport.bind(self.connection)
         self.reply_links: dict[str, list[tuple[Link, OutLink]]] = {CBS: [], MANAGEMENT: []}
         self.fixer = DeliveryIdFixer()  # AutoLockRenewer's out-of-order ids
+        self.roles: dict[Any, Any] = {}  # link's C pointer -> its role, for the unwrapped hot path
+        self._next_tick_check = 0.0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -348,10 +382,14 @@ class AmqpConnection(asyncio.Protocol):
                 out = self.transport.peek(pending)
                 self.transport.pop(len(out))
                 self.sock.write(self.fixer.outgoing(out))
-            deadline = self.transport.tick(time.monotonic())
-            if deadline and not self._tick:
-                loop = asyncio.get_running_loop()
-                self._tick = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_tick)
+            now = time.monotonic()
+            if self._tick is None and now >= self._next_tick_check:  # idle timeouts: heartbeats
+                deadline = self.transport.tick(now)
+                if deadline:
+                    loop = asyncio.get_running_loop()
+                    self._tick = loop.call_later(max(0.0, deadline - now), self._on_tick)
+                else:  # none negotiated (yet): look again in a second, not on every write
+                    self._next_tick_check = now + 1.0
         except Exception:
             log.exception("connection output failed")
             self.sock.close()
@@ -373,9 +411,9 @@ class AmqpConnection(asyncio.Protocol):
             kind = pn_event_type(raw)
             try:
                 if kind == _DELIVERY:
-                    self._delivery(Delivery.wrap(pn_event_delivery(raw)))
+                    self._delivery(pn_event_delivery(raw))
                 elif kind == _LINK_FLOW:
-                    self._flow(Link.wrap(pn_event_link(raw)))
+                    self._flow(pn_event_link(raw))
                 elif kind in _HANDLED:
                     self._dispatch(Event.wrap(raw))
             except Exception:
@@ -460,7 +498,7 @@ class AmqpConnection(asyncio.Protocol):
         except BrokerError as err:
             self._refuse(link, err)
             return
-        link.role = role
+        self.roles[link._impl] = role
         if link.is_receiver:
             link.flow(PRODUCER_CREDIT)
 
@@ -480,7 +518,7 @@ class AmqpConnection(asyncio.Protocol):
         self.touch()
 
     def _detach(self, link: Link) -> None:
-        role = getattr(link, "role", None) if _has_attr(link, "role") else None
+        role = self.roles.pop(link._impl, None)
         if isinstance(role, ConsumerLink):
             role.detach()
         for kind in self.reply_links:
@@ -492,30 +530,31 @@ class AmqpConnection(asyncio.Protocol):
             self._detach(link)
             link = link.next(0)
 
-    def _flow(self, link: Link) -> None:
-        role = getattr(link, "role", None) if _has_attr(link, "role") else None
+    def _flow(self, link: Any) -> None:
+        role = self.roles.get(link)
         if isinstance(role, ConsumerLink):
             self.server.broker.request_pump(role.entity)
         elif isinstance(role, OutLink):
             role.flush()
 
-    def _delivery(self, dlv: Delivery) -> None:
-        link = dlv.link
-        role = getattr(link, "role", None) if _has_attr(link, "role") else None
-        if link.is_receiver:
-            if not dlv.readable or dlv.partial:
+    def _delivery(self, dlv: Any) -> None:
+        """A transfer or disposition arrived; ``dlv`` is proton's C pointer (wrapping costs CPU)."""
+        link = lib.pn_delivery_link(dlv)
+        role = self.roles.get(link)
+        if lib.pn_link_is_receiver(link):
+            if not lib.pn_delivery_readable(dlv) or lib.pn_delivery_partial(dlv):
                 return
-            raw = link.recv(dlv.pending) or b""
-            link.advance()
+            n, raw = pn_link_recv(link, lib.pn_delivery_pending(dlv))
+            lib.pn_link_advance(link)
             if role is None:
-                dlv.update(Delivery.REJECTED)
-                dlv.settle()
+                lib.pn_delivery_update(dlv, lib.PN_REJECTED)
+                lib.pn_delivery_settle(dlv)
                 return
-            role.on_message(dlv, bytes(raw))
-        elif isinstance(role, ConsumerLink) and dlv.updated and dlv.remote_state:
+            role.on_message(dlv, bytes(raw) if n > 0 else b"")
+        elif isinstance(role, ConsumerLink) and lib.pn_delivery_updated(dlv) and lib.pn_delivery_remote_state(dlv):
             role.on_disposition(dlv)
-        elif dlv.remote_settled and not dlv.settled:
-            dlv.settle()
+        elif lib.pn_delivery_settled(dlv):  # settled by the peer: settle our side too
+            lib.pn_delivery_settle(dlv)
 
     # -- security ----------------------------------------------------------------------------------
     def put_token(self, request: Message) -> Message:
@@ -580,14 +619,6 @@ def _wants_session(link: Link) -> bool:
         return False
     obj = data.get_object()
     return isinstance(obj, dict) and any("session" in str(k) for k in obj)
-
-
-def _has_attr(wrapper: Any, name: str) -> bool:
-    try:
-        getattr(wrapper, name)
-        return True
-    except AttributeError:
-        return False
 
 
 class AmqpServer:
