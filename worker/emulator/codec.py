@@ -119,6 +119,8 @@ def _sections(raw: bytes) -> list[tuple[int, int, int]]:
 def _check_order(codes: list[int]) -> None:
     """Sections in the order the spec gives, except delivery annotations: the Python SDK writes them
     after the body on purpose, so they may stand anywhere (once). One kind of body only."""
+    if all(a < b for a, b in zip(codes, codes[1:])) and sum(DATA <= c <= AMQP_VALUE for c in codes) <= 1:
+        return  # the common case: each section once, in order, one body section
     if codes.count(DELIVERY_ANNOTATIONS) > 1:
         raise CodecError("message sections out of order or repeated: two delivery-annotations sections")
     ordered = [c for c in codes if c != DELIVERY_ANNOTATIONS]
