@@ -30,6 +30,8 @@ from cproton import (
     pn_event_type,
     pn_link_recv,
     pn_link_send,
+    pn_transport_peek,
+    pn_transport_push,
 )
 from cproton_ffi import ffi, lib
 from proton import Collector, Condition, Connection, Delivery, Event, Link, Message, Transport, symbol
@@ -327,13 +329,17 @@ class AmqpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         data = self.fixer.incoming(data)
+        transport = self.transport._impl  # proton's C API directly: this runs for every frame batch
         try:
             while data:
-                capacity = self.transport.capacity()
+                capacity = lib.pn_transport_capacity(transport)
                 if capacity <= 0:
+                    if capacity < lib.PN_EOS:
+                        raise ConnectionError(f"transport error {capacity}")
                     break
                 chunk, data = data[:capacity], data[capacity:]
-                self.transport.push(chunk)
+                if pn_transport_push(transport, chunk) < 0:
+                    raise ConnectionError("transport refused input")
                 self._process()
         except Exception as exc:  # noqa: BLE001  (protocol garbage must cost only this connection)
             log.info("closing connection after error: %s", exc)
@@ -365,23 +371,26 @@ class AmqpConnection(asyncio.Protocol):
     def write_out(self) -> None:
         if self.closed or self.sock is None:
             return
+        transport = self.transport._impl
         try:
             self._process()
             while True:
-                pending = self.transport.pending()
+                pending = lib.pn_transport_pending(transport)
                 if pending < 0:
                     self.sock.close()  # transport finished (closed or errored)
                     self.closed = True
                     return
                 if pending == 0:
-                    if self.transport.capacity() < 0:  # input closed (protocol error / peer done)
+                    if lib.pn_transport_capacity(transport) < 0:  # input closed (protocol error / peer done)
                         self.sock.close()
                         self.closed = True
                         return
                     break
-                out = self.transport.peek(pending)
-                self.transport.pop(len(out))
-                self.sock.write(self.fixer.outgoing(out))
+                n, out = pn_transport_peek(transport, pending)
+                if n < 0:
+                    raise ConnectionError(f"transport error {n}")
+                lib.pn_transport_pop(transport, n)
+                self.sock.write(self.fixer.outgoing(bytes(out)))
             now = time.monotonic()
             if self._tick is None and now >= self._next_tick_check:  # idle timeouts: heartbeats
                 deadline = self.transport.tick(now)
