@@ -10,7 +10,6 @@ emulator, so the registered pool really takes tasks. What `pulumi up` deploys in
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 
 from tests.fixtures import fake_pulumi
 from tests.fixtures.site_service import ADMIN_TOKEN, READ_TOKEN, REPO, Served, serve, site_yaml, stop_served
+from tests.fixtures.waiting import wait_until
 from worker.emulator.auth import generate_key
 from worker.local.competition import RESPONSE_QUEUE_PROPS, TASK_QUEUE_PROPS, emulator_connection_string
 from worker.site.models import PoolOperation, utcnow
@@ -63,13 +63,11 @@ def stack_config(name: str) -> dict:
 
 
 def wait_done(client: httpx.Client, operation_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         operation = client.get(f"/api/v1/operations/{operation_id}").json()
-        if operation["state"] != "provisioning":
-            return operation
-        time.sleep(0.2)
-    raise AssertionError(f"operation {operation_id} still provisioning after {timeout} s: {operation}")
+        return operation if operation["state"] != "provisioning" else None
+
+    return wait_until(finished, timeout=timeout, what=f"operation {operation_id} to end", interval=0.2)
 
 
 def operations_of(client: httpx.Client, pool: str) -> list[dict]:
@@ -193,10 +191,8 @@ def test_with_a_pulumi_cli_the_pool_is_deployed_then_registered_and_takes_tasks(
         # Registered with the stack's site connection strings: the site sends through them.
         task = client.post("/api/v1/tasks", json={"pool": name, "command": ["true"]})
         assert task.status_code == 201 and task.json()["sent"] is True
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and client.get(f"/api/v1/pools/{name}").json()["queue"]["active"] != 1:
-            time.sleep(0.3)
-        assert client.get(f"/api/v1/pools/{name}").json()["queue"]["active"] == 1
+        wait_until(lambda: client.get(f"/api/v1/pools/{name}").json()["queue"]["active"] == 1, timeout=15,
+                   what="the task in the deployed pool's queue", interval=0.3)
     # The Automation API drove the CLI: the stack selected, its config written (validated keys), `up` run.
     calls = fake_pulumi.calls(pulumi_bin)
     ups = [c for c in calls if "up" in c]

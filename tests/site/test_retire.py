@@ -16,6 +16,7 @@ import pytest
 from azure.servicebus import ServiceBusClient
 
 from tests.fixtures.site_service import ADMIN_TOKEN
+from tests.fixtures.waiting import wait_until
 from worker import protocol
 from worker.emulator.auth import generate_key
 from worker.local.competition import RESPONSE_QUEUE_PROPS, TASK_QUEUE_PROPS, emulator_connection_string
@@ -28,13 +29,7 @@ RESPONSES = f"{NAME}-responses"
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 30) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} after {timeout} s")
+    return wait_until(check, timeout=timeout, what=what, interval=0.2)
 
 
 def test_retire_closes_the_response_queue_receivers_and_statuses_wait_until_registered_again(served_site, site_stack):
