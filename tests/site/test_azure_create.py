@@ -9,6 +9,8 @@ emulator, so the registered pool really takes tasks. What `pulumi up` deploys in
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
@@ -246,3 +248,32 @@ def test_a_second_create_while_provisioning_is_409_and_a_silent_one_is_shown_fai
             assert session.get(PoolOperation, "b" * 16).state == "failed"
         assert client.get("/api/v1/operations/0123456789abcdef").status_code == 404
         assert client.get("/api/v1/operations/not-an-id").status_code == 422
+
+
+# --- the CLI: pool competition create NAME --azure --on-site ----------------------------------------------
+def create_on_site(served: Served, name: str, config: dict, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    config_file = tmp_path / f"Pulumi.{name}.yaml"
+    config_file.write_text(yaml.safe_dump({"config": config}))
+    return subprocess.run([sys.executable, "-m", "worker", "competition", "create", name, "--azure", "--on-site",
+                           "--stack-config", str(config_file), "--site", served.url],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "POOL_SITE_TOKEN": ADMIN_TOKEN})
+
+
+def test_cli_create_on_site_follows_the_operation(azure_site, site_stack, pulumi_bin, tmp_path):
+    (pulumi_bin / "pulumi").unlink(missing_ok=True)
+    failed = create_on_site(azure_site, "az-cli-nocli", stack_config("az-cli-nocli"), tmp_path)
+    assert failed.returncode == 1 and "Pulumi CLI is not installed" in failed.stderr, failed.stderr
+
+    bad = stack_config("az-cli-bad")
+    bad["pool:workers"] = {**bad["pool:workers"], "max_instances": -1}
+    refused = create_on_site(azure_site, "az-cli-bad", bad, tmp_path)
+    assert refused.returncode == 2 and "azure.config.workers.max_instances" in refused.stderr, refused.stderr
+
+    name = "az-cli-made"
+    fake_pulumi.install(pulumi_bin, deployed_queues(site_stack, name), sys.executable)
+    made = create_on_site(azure_site, name, stack_config(name), tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "Resources: + 12 created" in made.stdout and f"pool {name} deployed and registered" in made.stdout
+    with api(azure_site) as client:
+        assert client.get(f"/api/v1/pools/{name}").status_code == 200

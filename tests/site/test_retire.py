@@ -7,6 +7,9 @@ the waiting one)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,7 +18,7 @@ import httpx
 import pytest
 from azure.servicebus import ServiceBusClient
 
-from tests.fixtures.site_service import ADMIN_TOKEN
+from tests.fixtures.site_service import ADMIN_TOKEN, REPO
 from tests.fixtures.waiting import wait_until
 from worker import protocol
 from worker.emulator.auth import generate_key
@@ -92,5 +95,12 @@ def test_retire_closes_the_response_queue_receivers_and_statuses_wait_until_regi
         assert api.post("/api/v1/pools", json=registration).status_code == 201
         wait_for("the waiting status applied", lambda: state(task["id"]) == "running")
         wait_for("the response queue drained again", lambda: responses().get("active_messages") == 0)
-        assert api.post(f"/api/v1/tasks/{task['id']}/cancel", json={}).status_code == 200
-        api.delete(f"/api/v1/pools/{NAME}")
+
+    # The CLI (thin client) retires through the same endpoint.
+    env = {**os.environ, "POOL_SITE_TOKEN": ADMIN_TOKEN}
+    command = [sys.executable, "-m", "worker", "competition", "retire", NAME, "--site", served_site.url]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 0 and f"pool {NAME} retired" in done.stdout and "receiver" in done.stdout, done.stderr
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert again.returncode == 2 and "no pool named" in again.stderr
+    wait_for("no receiver left after the CLI retire", lambda: responses().get("consumers") == 0)
