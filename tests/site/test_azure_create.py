@@ -9,7 +9,9 @@ emulator, so the registered pool really takes tasks. What `pulumi up` deploys in
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -277,3 +279,29 @@ def test_cli_create_on_site_follows_the_operation(azure_site, site_stack, pulumi
     assert "Resources: + 12 created" in made.stdout and f"pool {name} deployed and registered" in made.stdout
     with api(azure_site) as client:
         assert client.get(f"/api/v1/pools/{name}").status_code == 200
+
+
+def test_a_site_stopped_mid_deployment_leaves_its_operation_failed_not_provisioning(site_stack, tmp_path):
+    """SIGTERM while `pulumi up` runs: the drained stop records the operation failed with the reason."""
+    bin_dir = tmp_path / "bin"
+    fake_pulumi.install(bin_dir, {"competition": "az-stopped"}, sys.executable, up_sleep_s=60)
+    served = serve(site_yaml(site_stack, tmp_path / "site.yaml"),
+                   env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    try:
+        with api(served) as client:
+            answer = client.post("/api/v1/pools", json={"name": "az-stopped",
+                                                        "azure": {"config": stack_config("az-stopped")}})
+            assert answer.status_code == 202
+            operation_id = answer.json()["id"]
+            wait_until(lambda: (bin_dir / "up.pid").exists(), timeout=60, what="pulumi up to start")
+            assert client.get(f"/api/v1/operations/{operation_id}").json()["state"] == "provisioning"
+        assert stop_served(served) == 0
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+        if (bin_dir / "up.pid").exists():  # the stand-in's `up`, if it outlived the site
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int((bin_dir / "up.pid").read_text()), signal.SIGKILL)
+    with site_stack.site.sessions() as session:
+        row = session.get(PoolOperation, operation_id)
+        assert row.state == "failed" and "site service stopped during the deployment" in row.detail

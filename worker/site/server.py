@@ -227,8 +227,9 @@ class SiteService:
             from worker.site.azure_pools import fail_running
 
             try:  # its deployment threads die with it: their records end now, not after a timeout
-                fail_running(self.site, self.replica_id, "the site service stopped during the deployment; the "
-                             "stack may be partly deployed: create the pool again (pulumi up continues)")
+                fail_running(self.site, self.replica_id, "the site service stopped during the deployment; its "
+                             "pulumi up was not waited for: look at the stack (pulumi stack) before creating "
+                             "the pool again")
             except Exception as exc:  # noqa: BLE001 - readers expire them once their heartbeat is stale
                 log.warning("could not record the end of running pool operations: %s", exc)
             self.site.close()
