@@ -201,6 +201,29 @@ def test_cancel_a_running_task_and_rerun_a_failed_one(served_site):
         assert api.post("/api/v1/tasks/no-such-task/rerun").status_code == 404
 
 
+def test_long_poll_answers_when_the_task_ends_not_at_its_wait(served_site):
+    """`GET /tasks/{id}?wait_s=` (what `pool submit --wait` uses) answers once the task is final: woken
+    by the watcher's commit, or by a cancel; not only when wait_s runs out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with client(served_site) as api, ThreadPoolExecutor(2) as pool:
+        short = submit(api, ["sh", "-c", "sleep 1"])
+        started = time.monotonic()
+        done = api.get(f"/api/v1/tasks/{short['id']}", params={"wait_s": 50}, timeout=60).json()
+        assert done["state"] == "finished" and time.monotonic() - started < 30
+
+        long = submit(api, ["sh", "-c", "sleep 60"])
+        wait_state(api, long["id"], "running")
+        started = time.monotonic()
+        polled = pool.submit(lambda: api.get(f"/api/v1/tasks/{long['id']}", params={"wait_s": 55}, timeout=60))
+        time.sleep(0.5)
+        assert not polled.done()  # still running: the poll waits
+        assert api.post(f"/api/v1/tasks/{long['id']}/cancel").status_code == 200
+        assert polled.result(timeout=60).json()["state"] == "cancelled" and time.monotonic() - started < 40
+        ended = api.get(f"/api/v1/tasks/{long['id']}", params={"wait_s": 30}).json()  # already final: at once
+        assert ended["state"] == "cancelled"
+
+
 # --- bad input -----------------------------------------------------------------------------------------
 BIG = "x" * (2 * 1024 * 1024)
 BAD_BODIES = [
