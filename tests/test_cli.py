@@ -124,3 +124,24 @@ def test_plain_conversion_gives_what_typer_gives(tmp_path):
                     outcomes.append(("error", exc.format_message(), None))
             assert outcomes[0] == outcomes[1], (param.name, value, outcomes)
     assert covered == set(values)
+
+
+def test_the_command_table_matches_what_each_module_registers():
+    """worker.cli.COMMANDS (the lazily loaded areas) names every command of every area, and only those."""
+    import typer
+
+    from worker.cli import COMMANDS, command_area
+
+    registered: dict[str, str | None] = {"version": None}
+    for module in dict.fromkeys(m for m in COMMANDS.values() if m is not None):
+        group = typer.main.get_group(command_area(module))
+        registered.update(dict.fromkeys(group.commands, module))
+    assert registered == COMMANDS
+
+
+def test_a_command_loads_only_its_own_area():
+    code = ("import sys; from typer.testing import CliRunner; from worker.cli import app; "
+            "r = CliRunner().invoke(app, ['submit', '--site', 'http://127.0.0.1:9', '--', 'true']); "
+            "assert r.exit_code == 1, r.output; print(' '.join(m for m in sys.modules if m.endswith('.commands')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["worker.site.commands"]

@@ -2,17 +2,69 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
 from worker.errors import PoolError
 from worker.util import cli_coercion
 
+# Every top-level command, in the order `pool --help` lists them, with the module whose
+# register(app: typer.Typer) adds it (None: defined here). A module is imported, and its commands
+# built, only when one of its commands runs or the full help is shown: `pool submit` pays for no
+# other area (tests/test_cli.py checks this table against what the modules register).
+COMMANDS: dict[str, str | None] = {
+    "emulator": "worker.emulator.commands",
+    "demo": "worker.local.commands",
+    "submit": "worker.site.commands",  # submit, status, logs, cancel, rerun: thin clients of the site's API
+    "status": "worker.site.commands",
+    "logs": "worker.site.commands",
+    "cancel": "worker.site.commands",
+    "rerun": "worker.site.commands",
+    "version": None,
+    "agent": "worker.agent.commands",
+    "local": "worker.local.commands",  # local up/down
+    "competition": "worker.local.commands",  # create, limits; import (from worker.site.commands)
+    "site": "worker.site.commands",  # site serve
+    "sandbox": "worker.execution.commands",  # sandbox check
+    "node": "worker.node.commands",  # SSH operations on workers
+}
+
+
+@functools.cache
+def command_area(module: str) -> typer.Typer:
+    """The commands one module registers (each module keeps heavy imports inside its commands)."""
+    area = typer.Typer(rich_markup_mode=None)
+    importlib.import_module(module).register(area)
+    return area
+
 
 class _PoolGroup(TyperGroup):
-    """Every command's expected failures (:class:`PoolError`) end the same way: one line, exit 2."""
+    """Every command's expected failures (:class:`PoolError`) end the same way: one line, exit 2.
+    Commands come from their modules when first asked for (:data:`COMMANDS`)."""
+
+    def list_commands(self, ctx):  # type: ignore[no-untyped-def]
+        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
+
+    def get_command(self, ctx, name):  # type: ignore[no-untyped-def]
+        module = COMMANDS.get(name)
+        if name not in self.commands and module is not None:
+            self._load(module)
+        return super().get_command(ctx, name)
+
+    def resolve_command(self, ctx, args):  # type: ignore[no-untyped-def]
+        if args and args[0] not in COMMANDS:  # an unknown command: "Did you mean ..." needs every name
+            for module in dict.fromkeys(m for m in COMMANDS.values() if m is not None):
+                self._load(module)
+        return super().resolve_command(ctx, args)
+
+    def _load(self, module: str) -> None:
+        group = typer.main.get_group(command_area(module))  # built as Typer builds them (fresh per app call)
+        for name, command in group.commands.items():
+            self.commands.setdefault(name, command)
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
@@ -39,19 +91,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Each module exposes register(app: typer.Typer) and keeps heavy imports inside its commands,
-# so `pool --help` stays fast.
-_COMMAND_MODULES = (
-    "worker.emulator.commands",  # pool emulator
-    "worker.agent.commands",  # pool agent
-    "worker.local.commands",  # pool local up/down, demo, competition
-    "worker.site.commands",  # pool site serve; submit, status, logs, cancel, rerun (API clients)
-    "worker.execution.commands",  # pool sandbox check
-    "worker.node.commands",  # pool node (SSH operations on workers)
-)
 
-for _name in _COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+@app.callback()
+def _pool() -> None:
+    # The root is a group of lazily loaded commands (_PoolGroup); this callback keeps Typer from
+    # turning an app with one eagerly registered command (version) into that single command.
+    pass
 
 
 @app.command()
