@@ -145,3 +145,16 @@ def test_a_command_loads_only_its_own_area():
             "assert r.exit_code == 1, r.output; print(' '.join(m for m in sys.modules if m.endswith('.commands')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split() == ["worker.site.commands"]
+
+
+def test_command_modules_do_not_postpone_annotations():
+    """Typer evaluates string annotations (twice) for every parameter while building the commands:
+    `from __future__ import annotations` in a command module costs start-up time (worker/cli.py)."""
+    import __future__
+
+    import importlib
+
+    from worker.cli import COMMANDS
+
+    for module in {m for m in COMMANDS.values() if m is not None}:
+        assert getattr(importlib.import_module(module), "annotations", None) is not __future__.annotations, module
