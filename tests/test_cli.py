@@ -158,3 +158,16 @@ def test_command_modules_do_not_postpone_annotations():
 
     for module in {m for m in COMMANDS.values() if m is not None}:
         assert getattr(importlib.import_module(module), "annotations", None) is not __future__.annotations, module
+
+
+@pytest.mark.parametrize("command", [[], ["local"], ["competition"], ["node"]], ids=lambda c: " ".join(c) or "pool")
+def test_a_group_without_a_command_prints_its_help_and_exits_2(command):
+    result = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and ("Usage: pool " + " ".join(command)).strip() in result.output
+    assert "Commands:" in result.output
+
+
+def test_usage_errors_keep_typers_error_panel():
+    result = CliRunner().invoke(app, ["subnit"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "No such command 'subnit'. Did you mean 'submit'" in result.output
+    assert "─ Error ─" in result.output  # the same rich panel as before the help became plain

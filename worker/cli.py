@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from typing import Any, NoReturn
 
 import typer
 import typer.main
@@ -39,14 +40,40 @@ COMMANDS: dict[str, str | None] = {
 @functools.cache
 def command_area(module: str) -> typer.Typer:
     """The commands one module registers (each module keeps heavy imports inside its commands)."""
-    area = typer.Typer(rich_markup_mode=None)
+    area = typer.Typer()
     importlib.import_module(module).register(area)
     return area
 
 
+def _plain_help(command: Any) -> None:
+    """Click's plain help for this command and its subcommands: Typer's rich help imports rich,
+    markdown-it and pygments (~0.15 s of a ~0.3 s `pool --help`). Usage errors keep Typer's panel,
+    drawn by the root group's mode (rich is imported only when an error is shown)."""
+    command.rich_markup_mode = None  # type: ignore[attr-defined]
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
 class _PoolGroup(TyperGroup):
     """Every command's expected failures (:class:`PoolError`) end the same way: one line, exit 2.
-    Commands come from their modules when first asked for (:data:`COMMANDS`)."""
+    Commands come from their modules when first asked for (:data:`COMMANDS`); their help is plain."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            _plain_help(command)
+
+    def format_help(self, ctx, formatter):  # type: ignore[no-untyped-def]
+        errors_mode, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = errors_mode
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            _no_args_help(ctx.get_help())
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx):  # type: ignore[no-untyped-def]
         return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
@@ -66,6 +93,7 @@ class _PoolGroup(TyperGroup):
     def _load(self, module: str) -> None:
         group = typer.main.get_group(command_area(module))  # built as Typer builds them (fresh per app call)
         for name, command in group.commands.items():
+            _plain_help(command)
             self.commands.setdefault(name, command)
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
@@ -74,6 +102,17 @@ class _PoolGroup(TyperGroup):
         except PoolError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
+        except Exception as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # told by name, as Typer does
+                raise
+            _no_args_help(exc.format_message())  # type: ignore[attr-defined] # e.g. `pool local`: its help
+
+
+def _no_args_help(text: str) -> NoReturn:
+    """A group given no command prints its help and exits 2, as Typer does (its rich error handler,
+    used for the errors' panels, would print nothing for the plain help)."""
+    typer.echo(text)
+    raise typer.Exit(2)
 
 
 cli_coercion.install()  # parameters converted without importing pydantic where they can (start-up time)
@@ -87,8 +126,7 @@ app = typer.Typer(
         "(start with `pool demo`)."
     ),
     no_args_is_help=True,
-    # Plain (click) help: Typer's rich help imports rich and markdown-it, ~0.15 s of a 0.3 s `--help`.
-    rich_markup_mode=None,
+    rich_markup_mode="markdown",  # of usage errors only: the help is plain (_plain_help)
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
