@@ -224,6 +224,33 @@ def test_long_poll_answers_when_the_task_ends_not_at_its_wait(served_site):
         assert ended["state"] == "cancelled"
 
 
+def test_long_poll_sees_a_final_state_another_replica_set(served_site, site_stack):
+    """A final state this replica's watcher did not apply (here: another site process cancels a
+    queued task) still ends the long poll: it re-reads the task every 0.1 s."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from worker.site.models import SiteState, TaskEvent, utcnow
+
+    task_id = f"elsewhere-{time.monotonic_ns()}"
+    with site_stack.site.sessions() as session, session.begin():  # recorded, not sent: stays queued
+        created = utcnow() - timedelta(seconds=1)  # the monitor sends unsent tasks only after 5 s
+        session.add(Task(id=task_id, pool="default", task_type="evaluate_submission", command=["true"], env={},
+                         bundles=[], time_limit_s=60, resources={}, max_attempts=1, state=SiteState.QUEUED.value,
+                         attempt=1, created_at=created))
+        session.flush()
+        session.add(TaskEvent(task_id=task_id, attempt=1, seq=-1, state="queued", source="site", reason="submitted",
+                              reported_at=created))
+    with client(served_site) as api, ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        polled = pool.submit(lambda: api.get(f"/api/v1/tasks/{task_id}", params={"wait_s": 50}, timeout=60))
+        time.sleep(0.5)
+        assert not polled.done()
+        site_stack.site.producer.cancel(task_id, "cancelled through another replica")
+        answer = polled.result(timeout=60).json()
+    assert answer["state"] == "cancelled" and time.monotonic() - started < 30
+
+
 # --- bad input -----------------------------------------------------------------------------------------
 BIG = "x" * (2 * 1024 * 1024)
 BAD_BODIES = [
