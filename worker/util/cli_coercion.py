@@ -60,25 +60,13 @@ def _to_str_list(value: Any, info: Any, param: Any, ctx: Any) -> list[str]:
 
 
 def _to_path(value: Any, info: Any, param: Any, ctx: Any) -> Any:
-    from typer._param_types import coerce_cli_path
+    from typer._param_types import coerce_cli_path  # checked by _converter
 
     if type(value) is str:
         value = Path(value)
     if not isinstance(value, Path):
         raise _Unsure
     return coerce_cli_path(value, info, path_type=Path, param=param, ctx=ctx)  # exists, dir_okay...
-
-
-def _converter(descriptor: Any) -> Any:
-    """The plain conversion for this parameter, or None where Typer's own is kept."""
-    info, annotation = descriptor.parameter_info, descriptor.annotation
-    if descriptor.file_annotation is not None or info.parser is not None or descriptor.is_choice:
-        return None
-    if annotation is Path:
-        return _to_path if descriptor.is_path and info.path_type is None else None
-    if annotation == list[str]:
-        return _to_str_list
-    return {str: _to_str, int: _to_int, float: _to_float}.get(annotation)
 
 
 def _to_bool(value: Any, info: Any, param: Any, ctx: Any) -> bool:
@@ -93,6 +81,10 @@ def _converter(descriptor: Any) -> Any:
     if descriptor.file_annotation is not None or info.parser is not None or descriptor.is_choice:
         return None
     if annotation is Path:
+        try:
+            from typer._param_types import coerce_cli_path  # noqa: F401 - Typer's checks (exists, dir_okay...)
+        except ImportError:
+            return None
         return _to_path if descriptor.is_path and info.path_type is None else None
     if annotation == list[str]:
         return _to_str_list
