@@ -37,11 +37,9 @@ def test_console_entry_runs_as_a_module():
     assert out.stdout.strip() == __version__
 
 
-def _imported_after(code: str) -> set[str]:
-    """Top-level packages newly imported by ``code`` in a fresh interpreter (after `import worker.cli`)."""
-    probe = ("import sys; import worker.cli; before = set(sys.modules); " + code + "; "
-             "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before} | "
-             "{m.split('.')[0] for m in before})))")
+def _packages_loaded_by(code: str) -> set[str]:
+    """Top-level packages in sys.modules after `import worker.cli` and ``code`` in a fresh interpreter."""
+    probe = f"import sys; import worker.cli; {code}; print(' '.join({{m.split('.')[0] for m in sys.modules}}))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     return set(out.stdout.split())
 
@@ -49,11 +47,11 @@ def _imported_after(code: str) -> set[str]:
 def test_help_and_a_thin_client_command_import_neither_rich_nor_pydantic():
     """`pool --help` renders plain help (Typer's rich help imports rich and markdown-it) and a command's
     parameters are converted without pydantic (worker.util.cli_coercion): both cost start-up time."""
-    helped = _imported_after("from typer.testing import CliRunner; "
+    helped = _packages_loaded_by("from typer.testing import CliRunner; "
                              "assert CliRunner().invoke(worker.cli.app, ['--help']).exit_code == 0")
     assert not helped & {"rich", "markdown_it", "pydantic"}
     # `pool submit` parses all its options, then fails to reach a site that is not there (exit 1).
-    submitted = _imported_after(
+    submitted = _packages_loaded_by(
         "from typer.testing import CliRunner; r = CliRunner().invoke(worker.cli.app, ['submit', '--site', "
         "'http://127.0.0.1:9', '-t', '5', '--max-attempts', '2', '-e', 'A=1', '-l', 'p=x', '--timeout', '1.5', "
         "'--wait', '--', 'true']); assert r.exit_code == 1 and 'unreachable' in r.output, r.output")
