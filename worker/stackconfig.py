@@ -524,10 +524,13 @@ def parse_stack_config(data: Mapping[str, Any], source: str = "stack config") ->
     try:
         return StackConfig.model_validate(values)
     except ValidationError as exc:
-        lines = []
+        lines, fields = [], []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {CONFIG_NAMESPACE}:{where}: {msg}" if where else f"  {msg}")
-        raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines)) from None
+            fields.append(where)
+        error = ConfigError(f"{source} is not valid:\n" + "\n".join(lines))
+        error.fields = fields  # type: ignore[attr-defined]  # the keys at fault (an API names the first)
+        raise error from None
 
