@@ -201,6 +201,56 @@ def test_cancel_a_running_task_and_rerun_a_failed_one(served_site):
         assert api.post("/api/v1/tasks/no-such-task/rerun").status_code == 404
 
 
+def test_long_poll_answers_when_the_task_ends_not_at_its_wait(served_site):
+    """`GET /tasks/{id}?wait_s=` (what `pool submit --wait` uses) answers once the task is final: woken
+    by the watcher's commit, or by a cancel; not only when wait_s runs out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with client(served_site) as api, ThreadPoolExecutor(2) as pool:
+        short = submit(api, ["sh", "-c", "sleep 1"])
+        started = time.monotonic()
+        done = api.get(f"/api/v1/tasks/{short['id']}", params={"wait_s": 50}, timeout=60).json()
+        assert done["state"] == "finished" and time.monotonic() - started < 30
+
+        long = submit(api, ["sh", "-c", "sleep 60"])
+        wait_state(api, long["id"], "running")
+        started = time.monotonic()
+        polled = pool.submit(lambda: api.get(f"/api/v1/tasks/{long['id']}", params={"wait_s": 55}, timeout=60))
+        time.sleep(0.5)
+        assert not polled.done()  # still running: the poll waits
+        assert api.post(f"/api/v1/tasks/{long['id']}/cancel").status_code == 200
+        assert polled.result(timeout=60).json()["state"] == "cancelled" and time.monotonic() - started < 40
+        ended = api.get(f"/api/v1/tasks/{long['id']}", params={"wait_s": 30}).json()  # already final: at once
+        assert ended["state"] == "cancelled"
+
+
+def test_long_poll_sees_a_final_state_another_replica_set(served_site, site_stack):
+    """A final state this replica's watcher did not apply (here: another site process cancels a
+    queued task) still ends the long poll: it re-reads the task every 0.1 s."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from worker.site.models import SiteState, TaskEvent, utcnow
+
+    task_id = f"elsewhere-{time.monotonic_ns()}"
+    with site_stack.site.sessions() as session, session.begin():  # recorded, not sent: stays queued
+        created = utcnow() - timedelta(seconds=1)  # the monitor sends unsent tasks only after 5 s
+        session.add(Task(id=task_id, pool="default", task_type="evaluate_submission", command=["true"], env={},
+                         bundles=[], time_limit_s=60, resources={}, max_attempts=1, state=SiteState.QUEUED.value,
+                         attempt=1, created_at=created))
+        session.flush()
+        session.add(TaskEvent(task_id=task_id, attempt=1, seq=-1, state="queued", source="site", reason="submitted",
+                              reported_at=created))
+    with client(served_site) as api, ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        polled = pool.submit(lambda: api.get(f"/api/v1/tasks/{task_id}", params={"wait_s": 50}, timeout=60))
+        time.sleep(0.5)
+        assert not polled.done()
+        site_stack.site.producer.cancel(task_id, "cancelled through another replica")
+        answer = polled.result(timeout=60).json()
+    assert answer["state"] == "cancelled" and time.monotonic() - started < 30
+
+
 # --- bad input -----------------------------------------------------------------------------------------
 BIG = "x" * (2 * 1024 * 1024)
 BAD_BODIES = [

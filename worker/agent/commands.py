@@ -1,8 +1,6 @@
 """``pool agent --config FILE`` (run the agent) and its local control surface: ``pool agent status``,
 ``pool agent drain``, ``pool agent resume`` (see worker/agent/state.py)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

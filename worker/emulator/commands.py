@@ -1,7 +1,5 @@
 """``pool emulator``: run the local Service Bus endpoint."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Annotated

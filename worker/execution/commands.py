@@ -1,7 +1,5 @@
 """``pool sandbox check``: which limits an execution driver really enforces here, plus a self-test."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -2,8 +2,6 @@
 """CLI of the local stack: ``pool local up|down``, ``pool demo``, ``pool competition create``
 (``pool submit|status|logs|cancel|rerun`` are clients of the site's API: worker.site.commands). Heavy imports stay inside the commands (``pool --help`` stays fast)."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 

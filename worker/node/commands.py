@@ -2,8 +2,6 @@
 upgrade the agent, run a command — on many hosts at once. Targets and SSH options come before the
 command: ``pool node -i hosts.ini --limit 'gpu*' status``."""
 
-from __future__ import annotations
-
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -361,13 +361,24 @@ def show_task(request: Request, task_id: TASK_ID, _: Reader,
     service = service_of(request)
     try:
         if wait_s:
-            deadline = time.monotonic() + wait_s
-            while not ops.task_row(service.site, task_id).site_state.terminal and time.monotonic() < deadline \
-                    and not service.stopping.is_set():
-                time.sleep(0.01)
+            _wait_final(service, task_id, time.monotonic() + wait_s)
         return ops.get_task(service.site, task_id)
     except ops.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
+
+
+def _wait_final(service: SiteService, task_id: str, deadline: float) -> None:
+    """Woken by the watcher when a final status is committed here; re-reads the row every
+    RECHECK_S for final states set elsewhere (another replica, the monitor)."""
+    from worker.site.finals import RECHECK_S
+
+    finals = service.site.finals
+    while True:
+        seen = finals.generation
+        left = deadline - time.monotonic()
+        if ops.task_row(service.site, task_id).site_state.terminal or left <= 0 or service.stopping.is_set():
+            return
+        finals.wait(seen, min(RECHECK_S, left))
 
 
 @router.post("/tasks/{task_id}/cancel", tags=["tasks"])
@@ -378,6 +389,7 @@ def cancel_task(request: Request, task_id: TASK_ID, _: Admin, body: CancelReques
         site.producer.cancel(task_id, (body or CancelRequest()).reason)
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
+    site.finals.notify()  # a queued task is cancelled at once
     return ops.get_task(site, task_id, history=False)
 
 

@@ -115,7 +115,8 @@ def find_site(site: str | None, token: str | None, data_dir: str | Path) -> Site
     if not path.exists():
         raise SiteClientError(f"no site: give --site URL (or POOL_SITE_URL), or start a local stack with "
                               f"`pool local up` (no profile in {Path(data_dir).resolve()})")
-    profile = yaml.safe_load(path.read_text()) or {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: ~10x faster than the pure-Python one
+    profile = yaml.load(path.read_text(), Loader=loader) or {}
     pid = profile.get("pid")
     if profile.get("state") == "stopped" or not profile.get("site_url") or not (isinstance(pid, int) and pid_alive(pid)):
         raise SiteClientError(f"the local stack in {Path(data_dir).resolve()} is not running: start it with "

@@ -3,8 +3,6 @@
 talk to the site's HTTP API (a local stack's or a production site's, the same way). The client path
 imports only the standard library, typer and rich (``pool --help`` and ``pool submit`` start fast)."""
 
-from __future__ import annotations
-
 import os
 import sys
 import time

@@ -20,6 +20,7 @@ from typing import Any
 
 from worker.site.auth import TokenTable
 from worker.site.config import SiteConfig
+from worker.site.finals import FinalStates
 from worker.site.models import Pool
 from worker.site.service import Site, SiteSettings
 from worker.storage import StoredBundle
@@ -276,6 +277,7 @@ class _SiteWithStorage(Site):
         self.producer = Producer(self.sessions, self.storage, self.queues)
         self.watcher = None
         self.monitor = None
+        self.finals = FinalStates()
         self._stop = threading.Event()
         self._sync_thread = None
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from worker.site import admission
 from worker.site.db import make_engine, make_sessionmaker, migrate
+from worker.site.finals import FinalStates
 from worker.site.monitor import DepthProbe, Monitor
 from worker.site.producer import Producer, SubmitError
 from worker.site.queues import SiteQueues
@@ -48,6 +49,7 @@ class Site:
         self.producer = Producer(self.sessions, self.storage, self.queues)
         self.watcher: Watcher | None = None
         self.monitor: Monitor | None = None
+        self.finals = FinalStates()  # wakes the API's long polls
         self._stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
 
@@ -75,7 +77,10 @@ class Site:
 
     def after_final(self, pools: set[str], retried: list[str]) -> None:
         """After the watcher committed final states: send the infrastructure retries it queued (as
-        scheduled messages) and let waiting tasks into the pools whose slots were freed."""
+        scheduled messages) and let waiting tasks into the pools whose slots were freed. First of
+        all, the API's long polls learn that tasks ended."""
+        if pools:
+            self.finals.notify()
         for task_id in retried:
             try:
                 self.producer.send(task_id)
