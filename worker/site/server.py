@@ -266,7 +266,7 @@ class _SiteWithStorage(Site):
         self.read_sessions = make_read_sessionmaker(self.engine)
         self.storage = storage
         self.queues = SiteQueues(settings.servicebus_connection_string)
-        self.producer = Producer(self.sessions, self.storage, self.queues)
+        self.producer = Producer(self.sessions, self.storage, self.queues, self.read_sessions)
         self.watcher = None
         self.monitor = None
         self._stop = threading.Event()

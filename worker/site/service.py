@@ -46,7 +46,7 @@ class Site:
         self.storage = Storage.from_connection_string(settings.storage_connection_string,
                                                       sas_margin_s=settings.sas_margin_s)
         self.queues = SiteQueues(settings.servicebus_connection_string)
-        self.producer = Producer(self.sessions, self.storage, self.queues)
+        self.producer = Producer(self.sessions, self.storage, self.queues, self.read_sessions)
         self.watcher: Watcher | None = None
         self.monitor: Monitor | None = None
         self._stop = threading.Event()
