@@ -51,8 +51,16 @@ class AppendBlob:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = client(url)
+        self._blob: BlobClient | None = None
         self.created = False
+
+    @property
+    def _client(self) -> BlobClient:
+        """Made on first use: building a client (its whole policy pipeline) is most of a silent
+        log's cost otherwise."""
+        if self._blob is None:
+            self._blob = client(self.url)
+        return self._blob
 
     def create(self) -> None:
         """A fresh, empty blob for this run (a redelivered attempt starts its log over)."""
