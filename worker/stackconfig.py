@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from worker import config
 from worker.config import ConfigError, check_competition_name, parse_agent_config
@@ -56,27 +64,28 @@ def _between(value: timedelta, low: timedelta, high: timedelta, what: str) -> ti
     return value
 
 
+def _within(bounds: dict[str, tuple[timedelta, timedelta]]) -> Any:
+    """One field validator for every duration field named in ``bounds`` (field -> Azure's low, high)."""
+
+    def check(cls: type, value: timedelta, info: ValidationInfo) -> timedelta:
+        low, high = bounds[info.field_name]
+        return _between(value, low, high, info.field_name)
+
+    return field_validator(*bounds)(classmethod(check))
+
+
 # --- Service Bus ------------------------------------------------------------------------------------
 
 class QueueProperties(config.QueueProperties):
     """One queue's properties (the fields and defaults are the local endpoint's, from worker.config)
     within Azure's bounds."""
 
-    @field_validator("lock_duration")
-    @classmethod
-    def _lock(cls, v: timedelta) -> timedelta:
-        # Azure accepts 5 s to 5 min (the local endpoint also allows shorter locks for fast tests).
-        return _between(v, timedelta(seconds=5), timedelta(minutes=5), "lock_duration")
-
-    @field_validator("default_message_ttl")
-    @classmethod
-    def _ttl(cls, v: timedelta) -> timedelta:
-        return _between(v, timedelta(seconds=1), timedelta(days=10675199), "default_message_ttl")
-
-    @field_validator("duplicate_detection_history_time_window")
-    @classmethod
-    def _window(cls, v: timedelta) -> timedelta:
-        return _between(v, timedelta(seconds=20), timedelta(days=7), "duplicate_detection_history_time_window")
+    # Azure's bounds (the local endpoint also allows shorter locks, for fast tests).
+    _azure_bounds = _within({
+        "lock_duration": (timedelta(seconds=5), timedelta(minutes=5)),
+        "default_message_ttl": (timedelta(seconds=1), timedelta(days=10675199)),
+        "duplicate_detection_history_time_window": (timedelta(seconds=20), timedelta(days=7)),
+    })
 
     def arm_properties(self, sku: str) -> dict[str, Any]:
         """The Queue resource's arguments (snake_case as pulumi-azure-native takes them)."""
@@ -290,10 +299,7 @@ class UpgradeConfig(_Strict):
     pause_time_between_batches: timedelta = timedelta(minutes=2)
     health_port: int | None = Field(default=None, ge=1, le=65535)  # default 22 (Linux) / 3389 (Windows)
 
-    @field_validator("pause_time_between_batches")
-    @classmethod
-    def _pause(cls, v: timedelta) -> timedelta:
-        return _between(v, timedelta(seconds=1), timedelta(hours=1), "pause_time_between_batches")
+    _bounds = _within({"pause_time_between_batches": (timedelta(seconds=1), timedelta(hours=1))})
 
 
 HEALTH_PORT = {"linux": 22, "windows": 3389}
@@ -331,20 +337,12 @@ class WorkersConfig(_Strict):
     # Any other AgentConfig fields (execution driver and limits, cache, intervals, log level).
     agent: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("scale_out_cooldown", "scale_in_cooldown")
-    @classmethod
-    def _cooldown(cls, v: timedelta) -> timedelta:
-        return _between(v, timedelta(minutes=1), timedelta(weeks=1), "cooldowns")
-
-    @field_validator("scale_in_idle")
-    @classmethod
-    def _idle(cls, v: timedelta) -> timedelta:
-        return _between(v, timedelta(minutes=5), timedelta(hours=12), "scale_in_idle")
-
-    @field_validator("termination_notice")
-    @classmethod
-    def _notice(cls, v: timedelta) -> timedelta:
-        return _between(v, timedelta(minutes=5), timedelta(minutes=15), "termination_notice")
+    _bounds = _within({
+        "scale_out_cooldown": (timedelta(minutes=1), timedelta(weeks=1)),
+        "scale_in_cooldown": (timedelta(minutes=1), timedelta(weeks=1)),
+        "scale_in_idle": (timedelta(minutes=5), timedelta(hours=12)),
+        "termination_notice": (timedelta(minutes=5), timedelta(minutes=15)),
+    })
 
     @field_validator("gallery_image_id")
     @classmethod
@@ -526,10 +524,13 @@ def parse_stack_config(data: Mapping[str, Any], source: str = "stack config") ->
     try:
         return StackConfig.model_validate(values)
     except ValidationError as exc:
-        lines = []
+        lines, fields = [], []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {CONFIG_NAMESPACE}:{where}: {msg}" if where else f"  {msg}")
-        raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines)) from None
+            fields.append(where)
+        error = ConfigError(f"{source} is not valid:\n" + "\n".join(lines))
+        error.fields = fields  # type: ignore[attr-defined]  # the keys at fault (an API names the first)
+        raise error from None
 

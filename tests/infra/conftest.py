@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.infra.harness import Deployment, deploy
+from tests.infra.harness import Deployment, deploy, usable_event_loop
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@example"
 GALLERY = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/"
@@ -22,15 +21,7 @@ SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 @pytest.fixture(autouse=True)
 def _event_loop_for_pulumi():
-    """Pulumi's mocks run on the thread's current event loop; pytest-asyncio (the emulator's aio
-    tests) closes its loop and leaves none set, so give these tests a usable one."""
-    policy = asyncio.get_event_loop_policy()
-    try:
-        usable = not policy.get_event_loop().is_closed()
-    except RuntimeError:
-        usable = False
-    if not usable:
-        policy.set_event_loop(policy.new_event_loop())
+    usable_event_loop()
 
 
 def linux_config(**overrides: Any) -> dict[str, Any]:

@@ -32,6 +32,18 @@ _NAME_INPUT = {
 }
 
 
+def usable_event_loop() -> None:
+    """Pulumi's mocks run on the thread's current event loop; pytest-asyncio (the emulator's aio
+    tests) closes its loop and leaves none set, so make sure there is a usable one."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        usable = not policy.get_event_loop().is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        policy.set_event_loop(policy.new_event_loop())
+
+
 @dataclass
 class Declared:
     typ: str

@@ -7,14 +7,13 @@ string of a real queue policy on the local emulator, so the booted agent reaches
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
 
 import pulumi
 
-from tests.infra.harness import Deployment, Mocks, deploy
+from tests.infra.harness import Deployment, Mocks, deploy, usable_event_loop
 
 
 class _QueueKeyMocks(Mocks):
@@ -32,17 +31,6 @@ class _QueueKeyMocks(Mocks):
         return super().call(args)
 
 
-def _usable_event_loop() -> None:
-    """Pulumi's mocks run on the thread's current event loop (see tests/infra/conftest.py)."""
-    policy = asyncio.get_event_loop_policy()
-    try:
-        usable = not policy.get_event_loop().is_closed()
-    except RuntimeError:
-        usable = False
-    if not usable:
-        policy.set_event_loop(policy.new_event_loop())
-
-
 def render_custom_data(config: dict[str, Any], queue_key: Callable[[str, str], str | None]) -> str:
     """Run the whole program (infra.program.build) for ``config`` and return the scale set's custom
     data, decoded. ``queue_key(rule, queue)`` answers listQueueKeys (None: the harness default)."""
@@ -50,7 +38,7 @@ def render_custom_data(config: dict[str, Any], queue_key: Callable[[str, str], s
     from tests.infra.conftest import reveal
     from worker.stackconfig import parse_stack_config
 
-    _usable_event_loop()
+    usable_event_loop()
 
     class Answering(_QueueKeyMocks):
         def __init__(self, deployment: Deployment):

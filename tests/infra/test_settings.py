@@ -80,7 +80,7 @@ BAD = [
     (linux_config(workers={"max_instances": 1001}), "pool:workers.max_instances"),
     (linux_config(workers={"termination_notice": "PT1M"}), "termination_notice must be between PT5M and PT15M"),
     (linux_config(workers={"scale_in_idle": "PT1M"}), "scale_in_idle must be between"),
-    (linux_config(workers={"scale_in_cooldown": "PT10S"}), "cooldowns must be between"),
+    (linux_config(workers={"scale_in_cooldown": "PT10S"}), "scale_in_cooldown must be between"),
     (linux_config(workers={"gallery_image_id": "my-image"}), "gallery_image_id must be a Shared Image Gallery"),
     (linux_config(workers={"gallery_image_id": GALLERY, "marketplace_image": {"publisher": "a", "offer": "b",
                                                                               "sku": "c"}}),

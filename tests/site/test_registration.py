@@ -67,7 +67,7 @@ def test_import_from_outputs_registers_a_working_pool_and_retire_removes_it(serv
         time.sleep(0.3)
     assert queue["active"] == 1
 
-    assert api.delete(f"/api/v1/pools/{NAME}").json() == {"retired": NAME}
+    assert api.delete(f"/api/v1/pools/{NAME}").json() == {"retired": NAME, "in_flight": 1, "receiver_closed": True}
     refused = api.post("/api/v1/tasks", json={"pool": NAME, "command": ["true"]})
     assert refused.status_code == 404 and refused.json()["field"] == "pool"
     assert api.delete(f"/api/v1/pools/{NAME}").status_code == 404

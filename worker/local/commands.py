@@ -26,9 +26,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(local_app, name="local")
     app.add_typer(competition_app, name="competition")
     app.command(name="demo")(demo)
-    from worker.site.commands import competition_import  # typer only: cheap
+    from worker.site.commands import competition_import, competition_retire  # typer only: cheap
 
     competition_app.command("import")(competition_import)
+    competition_app.command("retire")(competition_retire)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -155,6 +156,8 @@ def competition_create(
     site: str | None = typer.Option(None, "--site", envvar="POOL_SITE_URL",
                                     help="(--azure) Register the new pool with this site (token: $POOL_SITE_TOKEN); "
                                          "without it, the site.yaml entry is printed."),
+    on_site: bool = typer.Option(False, "--on-site", help="(--azure) Let the site deploy it (POST /api/v1/pools "
+                                 "with azure; the site needs the Pulumi CLI and Azure rights) and follow it here."),
 ) -> None:
     """Create a competition: its task/response queue pair (worker and site policies with least
     rights), its blob containers and its pool on the site. On the local stack this happens at
@@ -163,6 +166,13 @@ def competition_create(
     from worker.errors import PoolError
 
     check_competition_name(name)  # a ConfigError: one line, exit 2 (worker.cli)
+    if on_site:
+        if not azure:
+            raise _fail("--on-site is for --azure (a local pool is created on the local stack)", 2)
+        from worker.site.commands import create_on_site
+
+        create_on_site(name, stack_config, stack, site, data_dir)
+        return
     if azure:
         try:
             from worker.site import provisioning

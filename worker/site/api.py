@@ -127,8 +127,23 @@ def show_pool(request: Request, name: POOL_NAME, _: Reader) -> dict[str, Any]:
     return {**views[0], "workers_list": ops.worker_views(service.site, name)}
 
 
+class AzurePool(_In):
+    """What `pool competition create NAME --azure` takes, as JSON: the stack config (the content of a
+    stack file such as Pulumi.linux-pool.yaml.example: its `config:` mapping, or bare `pool` keys)."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=16384)
+
+    config: dict[Annotated[str, Field(max_length=128)], Any] = Field(
+        max_length=64, description="pool:* keys (prefix optional: competition, workers, servicebus, storage, "
+        "auth, site, …) and azure-native:location, validated as the CLI validates a stack file; "
+        "`admin_password` for a Windows pool (stored as a Pulumi secret, never returned).")
+    stack: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-/]{1,100}$",
+                              description="The Pulumi stack (default: the pool's name).")
+
+
 class PoolRequest(_In):
-    """A pool deployed elsewhere (the Pulumi program): the site's own access to its two queues."""
+    """A pool deployed elsewhere (the Pulumi program): the site's own access to its two queues; or one
+    the site creates (`create`, the local stack's site) or deploys to Azure (`azure`)."""
 
     name: str = Field(pattern=POOL_RE)
     task_queue_connection_string: str | None = Field(default=None, max_length=2048)
@@ -137,61 +152,101 @@ class PoolRequest(_In):
                                   description="FQDN reached with DefaultAzureCredential (identity auth).")
     create: bool = Field(default=False, description="Create the queue pair and containers too (a site that "
                          "can: the local stack's, at runtime); then give no access fields.")
+    azure: AzurePool | None = Field(default=None, description="Deploy the pool to Azure with the Pulumi "
+                                    "program (Automation API) in the background, then register it from the "
+                                    "stack outputs: answered 202 with the operation (GET /api/v1/operations/ID).")
 
 
-@router.post("/pools", tags=["pools"], status_code=201)
-def register_pool(request: Request, body: PoolRequest, _: Admin) -> dict[str, Any]:
+@router.post("/pools", tags=["pools"], status_code=201,
+             responses={202: {"description": "`azure`: the deployment started; the body is its operation"}})
+def register_pool(request: Request, body: PoolRequest, who: Admin) -> Any:
     """Register (or update) a pool: its queue pair `NAME-tasks` / `NAME-responses`, reached with
     queue-level connection strings or the namespace and the site's identity; or, with `create: true`
-    on a site that can (the local stack's), create it at runtime. `pool competition
-    create --azure` and `pool competition import` call this with the stack's outputs."""
+    on a site that can (the local stack's), create it at runtime; or, with `azure`, deploy it with the
+    Pulumi program and register it from the stack outputs when `pulumi up` is done (202: follow the
+    operation). `pool competition create --azure` and `pool competition import` register with it."""
     from worker.config import ConfigError, check_competition_name
-    from worker.site.db import transaction
-    from worker.site.pools import register_pool as register
 
     try:
         check_competition_name(body.name)
     except ConfigError as exc:
         raise field_error(422, "name", str(exc)) from None
     service = service_of(request)
+    access = body.task_queue_connection_string or body.response_queue_connection_string or body.namespace
+    if body.azure is not None:
+        from fastapi.responses import JSONResponse
+
+        from worker.site import azure_pools
+
+        if access or body.create:
+            raise field_error(422, "azure", "a pool deployed to Azure gets its access from the stack outputs: "
+                                            "give no access fields and no create")
+        try:
+            operation = azure_pools.start_create(service.site, service.replica_id, body.name, body.azure.config,
+                                                 stack=body.azure.stack, requested_by=who.name)
+        except ConfigError as exc:
+            fields = getattr(exc, "fields", None) or []
+            raise field_error(422, ".".join(["azure.config", *[f for f in fields if f][:1]]), str(exc)) from None
+        except azure_pools.Busy as exc:
+            raise field_error(409, "name", str(exc)) from None
+        return JSONResponse(operation, 202, headers={"Location": f"/api/v1/operations/{operation['id']}"})
     if body.create:
         if service.pool_creator is None:
-            raise field_error(422, "create", "this site cannot create pools: deploy one with `pool competition "
-                                             "create NAME --azure` and register it here")
-        if body.task_queue_connection_string or body.response_queue_connection_string or body.namespace:
+            raise field_error(422, "create", "this site cannot create pools: deploy one with `azure` (or `pool "
+                                             "competition create NAME --azure`) and register it here")
+        if access:
             raise field_error(422, "create", "a pool the site creates gets its own access: give no access fields")
         service.pool_creator(body.name)
         return ops.pool_views(service.site, name=body.name)[0]
-    pair = (body.task_queue_connection_string, body.response_queue_connection_string)
-    if (pair[0] is None) != (pair[1] is None):
-        raise field_error(422, "response_queue_connection_string" if pair[0] else "task_queue_connection_string",
-                          "give both queue connection strings, or namespace")
-    if (pair[0] is None) == (body.namespace is None):
-        raise field_error(422, "namespace", "give the two queue connection strings or namespace (one of them)")
-    for field, value in (("task_queue_connection_string", pair[0]), ("response_queue_connection_string", pair[1])):
-        if value is not None and "Endpoint=" not in value:
-            raise field_error(422, field, "not a Service Bus connection string (Endpoint=sb://...)")
-    site = service_of(request).site
-    with transaction(site.sessions) as session:
-        register(session, body.name, task_queue_connection_string=pair[0] or body.namespace,
-                 response_queue_connection_string=pair[1] or body.namespace)
-    site.storage.ensure_competition(body.name)
-    return ops.pool_views(site, name=body.name)[0]
+    try:
+        ops.register_access(service.site, body.name, task_queue_connection_string=body.task_queue_connection_string,
+                            response_queue_connection_string=body.response_queue_connection_string,
+                            namespace=body.namespace)
+    except ops.Invalid as exc:
+        raise field_error(422, exc.field, exc.message) from None
+    return ops.pool_views(service.site, name=body.name)[0]
 
 
 @router.delete("/pools/{name}", tags=["pools"])
 def retire_pool(request: Request, name: POOL_NAME, _: Admin) -> dict[str, Any]:
-    """Stop using a pool: no new submissions (statuses of its tasks in flight are still applied).
-    Its tasks and history stay; registering it again re-activates it."""
-    from worker.site.db import transaction
-    from worker.site.models import Pool as PoolRow
+    """Stop using a pool: no new submissions, and the site stops working on it — this replica closes
+    its receiver on the pool's response queue before answering, other replicas within their pool
+    sync (a second); the monitor leaves its tasks alone. Statuses of its tasks still in flight
+    (`in_flight`) wait in the response queue and are applied if the pool is registered again. Its
+    tasks and history stay."""
+    service = service_of(request)
+    try:
+        in_flight = ops.retire_pool(service.site, name)
+    except ops.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    watcher = service.site.watcher
+    if watcher is not None:
+        watcher.sync_pools()  # closes it now (or waits while the pool-sync thread closes it)
+    return {"retired": name, "in_flight": in_flight,
+            "receiver_closed": watcher is not None and name not in watcher.pools}
 
-    with transaction(service_of(request).site.sessions) as session:
-        row = session.get(PoolRow, name)
-        if row is None or not row.active:
-            raise HTTPException(404, f"no pool named {name!r}")
-        row.active = False
-    return {"retired": name}
+
+@router.get("/operations", tags=["pools"])
+def list_operations(request: Request, _: Reader,
+                    pool: Annotated[str | None, Query(pattern=POOL_RE)] = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+    """Background pool operations (Azure deployments), newest first."""
+    from worker.site import azure_pools
+
+    return {"operations": azure_pools.list_operations(service_of(request).site, pool, limit)}
+
+
+@router.get("/operations/{operation_id}", tags=["pools"])
+def show_operation(request: Request, _: Reader,
+                   operation_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]) -> dict[str, Any]:
+    """`provisioning` (with the last lines of the engine's output) -> `ready` (the pool is registered)
+    or `failed` (`detail` says why)."""
+    from worker.site import azure_pools
+
+    try:
+        return azure_pools.get(service_of(request).site, operation_id)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
 
 
 @router.post("/pools/{name}/bundles", tags=["pools"], status_code=201)

@@ -66,6 +66,9 @@ class SiteClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self._request("POST", path, body if body is not None else {})
 
+    def delete(self, path: str) -> Any:
+        return self._request("DELETE", path)
+
     def upload_bundle(self, pool: str, data: bytes, kind: str = "archive") -> str:
         return self._request("POST", f"/api/v1/pools/{pool}/bundles?kind={kind}", raw=data,
                              content_type="application/octet-stream")["id"]

@@ -459,3 +459,77 @@ def register_outputs(outputs: dict[str, Any], site: str | None) -> None:
     except SiteClientError as exc:
         raise _fail(f"registering {body['name']} with {url}: {exc}") from None
     typer.echo(f"pool {pool['name']} registered with {url} (task queue {pool['task_queue']})")
+
+
+# --- pool competition retire / create --azure --on-site -----------------------------------------------
+def competition_retire(
+    name: str = typer.Argument(..., help="The pool (competition)."),
+    site: str | None = _site_option(),
+    data_dir: Path = _data_dir_option(),
+) -> None:
+    """Retire a pool on the site: no new submissions, and the site stops receiving from its response
+    queue (every replica). Its tasks and history stay; `pool competition import` (or create) registers
+    it again, and the statuses that waited in its queue are then applied."""
+    from worker.site.client import SiteClientError
+
+    client = _client(site, data_dir)
+    try:
+        answer = client.delete(f"/api/v1/pools/{name}")
+    except SiteClientError as exc:
+        raise _fail(str(exc), 2 if exc.status == 404 else 1) from None
+    typer.echo(f"pool {name} retired" + ("; the site's receiver on its response queue is closed"
+                                         if answer.get("receiver_closed") else ""))
+    if answer.get("in_flight"):
+        typer.echo(f"{answer['in_flight']} unfinished task(s) keep their state; their statuses wait in the response "
+                   "queue until the pool is registered again")
+
+
+def create_on_site(name: str, config_file: Path | None, stack: str | None, site: str | None, data_dir: Path,
+                   poll_s: float = 2.0) -> None:
+    """``pool competition create NAME --azure --on-site``: the site deploys and registers the pool
+    (POST /api/v1/pools with azure -> 202 and an operation); follow the operation, printing the
+    engine's output. Exit 0 when ready, 1 when failed, 2 for a config the site refuses."""
+    from worker.config import ConfigError, load_yaml
+    from worker.site.client import SiteClientError
+
+    if config_file is None:
+        raise _fail("--on-site needs --stack-config FILE (the site validates it as the CLI would)", 2)
+    try:
+        config = load_yaml(config_file, what="stack config")
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    client = _client(site, data_dir)
+    body: dict[str, Any] = {"name": name, "azure": {"config": config}}
+    if stack:
+        body["azure"]["stack"] = stack
+    try:
+        operation = client.post("/api/v1/pools", body)
+        typer.echo(f"operation {operation['id']}: the site deploys stack {operation['stack']} "
+                   f"(GET /api/v1/operations/{operation['id']})")
+        shown: list[str] = []
+        while True:
+            tail = operation.get("output_tail") or []
+            for line in _new_lines(shown, tail):
+                typer.echo(f"  {line}")
+            shown = tail
+            if operation["state"] != "provisioning":
+                break
+            time.sleep(poll_s)
+            operation = client.get(f"/api/v1/operations/{operation['id']}")
+    except SiteClientError as exc:
+        raise _fail(str(exc), 2 if exc.status == 422 else 1) from None
+    except KeyboardInterrupt:
+        typer.echo("stopped following; the site goes on deploying (see /api/v1/operations)")
+        raise typer.Exit(130) from None
+    if operation["state"] != "ready":
+        raise _fail(f"creating pool {name} on the site failed: {operation.get('detail')}")
+    typer.echo(f"pool {name} deployed and registered with {client.url}")
+
+
+def _new_lines(before: list[str], after: list[str]) -> list[str]:
+    """The lines of a sliding output window ``after`` not already in ``before``."""
+    for start in range(len(before) + 1):
+        overlap = before[start:]
+        if after[:len(overlap)] == overlap:
+            return after[len(overlap):]
+    return after

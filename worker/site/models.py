@@ -250,3 +250,26 @@ class SiteLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PoolOperation(Base):
+    """A long pool operation the API runs in the background (``POST /api/v1/pools`` with ``azure``:
+    ``pulumi up`` through the Automation API, then registration from the stack outputs):
+    ``provisioning`` -> ``ready`` (the pool is registered) or ``failed`` (``detail`` says why). The
+    replica running it renews ``heartbeat_at``; one that stops renewing is shown as failed."""
+
+    __tablename__ = "pool_operations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # azure_create
+    state: Mapped[str] = mapped_column(String(16))  # provisioning | ready | failed
+    stack: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[str | None] = mapped_column(Text)  # the failure's reason
+    output_tail: Mapped[str | None] = mapped_column(Text)  # the last lines of the engine's output
+    outputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # stack outputs, secret ones left out
+    replica: Mapped[str] = mapped_column(String(128))
+    requested_by: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

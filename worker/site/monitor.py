@@ -9,6 +9,9 @@
 - waiting tasks are admitted under their pool's limits (worker.site.admission);
 - each pool's queue depth and dead-letter count are refreshed (when a depth probe is given).
 
+Retired pools (``active`` false) are left alone: their tasks are neither resent nor declared lost,
+and the dead-letter receiver of a pool retired since the last tick is closed.
+
 ``lost_after_s`` must exceed the queue's lock duration: a worker that dies mid-task loses its lock and
 Service Bus redelivers the SAME attempt to another worker, which is preferred to a new attempt.
 """
@@ -98,6 +101,8 @@ class Monitor:
         self.handle_lost(now)
         with self.sessions() as session:
             pools = list_pools(session)
+        for name in set(self._dlq) - {pool.name for pool in pools}:  # retired: its link closes
+            self._close_dlq(name)
         for pool in pools:
             if admission.limited(pool):
                 admission.admit_and_send(self.sessions, pool.name, self._send_quietly)
@@ -123,8 +128,9 @@ class Monitor:
         cutoff = (now or utcnow()) - timedelta(seconds=self.resend_after_s)
         due = func.coalesce(TaskRow.not_before, TaskRow.created_at)
         with self.sessions() as session:
-            ids = list(session.scalars(select(TaskRow.id).where(
-                TaskRow.state == SiteState.QUEUED.value, TaskRow.sent_at.is_(None), due < cutoff)))
+            ids = list(session.scalars(select(TaskRow.id).join(Pool, Pool.name == TaskRow.pool).where(
+                TaskRow.state == SiteState.QUEUED.value, TaskRow.sent_at.is_(None), due < cutoff,
+                Pool.active.is_(True))))
         sent = 0
         for task_id in ids:
             try:
@@ -138,8 +144,8 @@ class Monitor:
         now = now or utcnow()
         cutoff = now - timedelta(seconds=self.lost_after_s)
         with self.sessions() as session:
-            ids = list(session.scalars(select(TaskRow.id).where(
-                TaskRow.state.in_(ACTIVE), TaskRow.last_heard_at < cutoff)))
+            ids = list(session.scalars(select(TaskRow.id).join(Pool, Pool.name == TaskRow.pool).where(
+                TaskRow.state.in_(ACTIVE), TaskRow.last_heard_at < cutoff, Pool.active.is_(True))))
         handled = []
         for task_id in ids:
             old = retrying(self.sessions, lambda s, t=task_id: self._mark_lost(s, t, now, cutoff))

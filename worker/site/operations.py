@@ -14,6 +14,7 @@ from worker.site import admission, transitions
 from worker.site.db import retrying, transaction
 from worker.site.models import (
     ACTIVE,
+    TERMINAL,
     DeadLetter,
     Pool,
     SiteState,
@@ -38,11 +39,60 @@ class NotFound(LookupError):
     pass
 
 
+class Invalid(ValueError):
+    """A request field that cannot be used (HTTP 422 naming ``field``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at else None
 
 
 # --- pools and workers -------------------------------------------------------------------------------
+def register_access(site: Site, name: str, *, task_queue_connection_string: str | None = None,
+                    response_queue_connection_string: str | None = None, namespace: str | None = None) -> None:
+    """Register (or re-activate) a pool deployed elsewhere with the site's access to its two queues:
+    both queue-level connection strings, or the namespace (identity). ``POST /api/v1/pools`` and the
+    Azure create job (worker.site.azure_pools, from the stack outputs) both call this. Raises
+    :class:`Invalid` naming the field."""
+    from worker.config import ConfigError, check_competition_name
+    from worker.site.pools import register_pool
+
+    try:
+        check_competition_name(name)
+    except ConfigError as exc:
+        raise Invalid("name", str(exc)) from None
+    pair = (task_queue_connection_string, response_queue_connection_string)
+    if (pair[0] is None) != (pair[1] is None):
+        raise Invalid("response_queue_connection_string" if pair[0] else "task_queue_connection_string",
+                      "give both queue connection strings, or namespace")
+    if (pair[0] is None) == (namespace is None):
+        raise Invalid("namespace", "give the two queue connection strings or namespace (one of them)")
+    for field, value in (("task_queue_connection_string", pair[0]), ("response_queue_connection_string", pair[1])):
+        if value is not None and "Endpoint=" not in value:
+            raise Invalid(field, "not a Service Bus connection string (Endpoint=sb://...)")
+    with transaction(site.sessions) as session:
+        register_pool(session, name, task_queue_connection_string=pair[0] or namespace,
+                      response_queue_connection_string=pair[1] or namespace)
+    site.storage.ensure_competition(name)
+
+
+def retire_pool(site: Site, name: str) -> int:
+    """Mark the pool retired (no new submissions; the watcher's receiver and the monitor's work on
+    it stop). Returns how many of its tasks are unfinished (waiting, queued or with a worker): their
+    statuses wait in the response queue until the pool is registered again. NotFound if no active pool has that name."""
+    with transaction(site.sessions) as session:
+        row = session.get(Pool, name, with_for_update=True)
+        if row is None or not row.active:
+            raise NotFound(f"no pool named {name!r}")
+        row.active = False
+        return session.scalar(select(func.count()).where(Task.pool == name,
+                                                         Task.state.not_in(TERMINAL))) or 0
+
+
 def pool_views(site: Site, depth: QueueDepth | None = None, name: str | None = None) -> list[dict[str, Any]]:
     since = utcnow() - timedelta(seconds=THROUGHPUT_WINDOW_S)
     with site.sessions() as session:

@@ -70,41 +70,52 @@ def read_config_file(path: Path) -> dict[str, Any]:
     Accepts a Pulumi stack file (``config:`` with ``pool:*`` keys, e.g. Pulumi.linux-pool.yaml.example)
     or a bare mapping of the ``pool`` keys (``competition``, ``workers``, …).
     """
-    data = load_yaml(path, what="stack config")
+    return config_values(load_yaml(path, what="stack config"), str(path))
+
+
+def config_values(data: Mapping[str, Any], source: str = "stack config") -> dict[str, Any]:
+    """A stack config mapping (a stack file's content, or the ``azure.config`` of an API request) ->
+    ``{"pool:key": value, "azure-native:location": …}``: keys without a provider get ``pool:``."""
     if "config" in data:
         if not isinstance(data["config"], dict):
-            raise ConfigError(f"{path}: 'config' must be a mapping of keys to values")
+            raise ConfigError(f"{source}: 'config' must be a mapping of keys to values")
         data = data["config"]
     values: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key)
         full = key if ":" in key else f"{CONFIG_NAMESPACE}:{key}"
         if isinstance(value, dict) and set(value) == {"secure"}:
-            raise ConfigError(f"{path}: {full} is encrypted for another stack; give it in plain text here "
+            raise ConfigError(f"{source}: {full} is encrypted for another stack; give it in plain text here "
                               f"(admin password: the {ADMIN_PASSWORD_ENV} environment variable)")
         values[full] = value
     return values
 
 
-def stack_config_values(competition: str, config_file: Path | None = None) -> dict[str, tuple[str, bool]]:
-    """Validated stack config as Pulumi config entries: key -> (text value, is secret).
+def stack_config_values(competition: str, config_file: Path | None = None, *,
+                        config: Mapping[str, Any] | None = None) -> dict[str, tuple[str, bool]]:
+    """Validated stack config (a file, or a mapping such as an API request's) as Pulumi config
+    entries: key -> (text value, is secret). A ConfigError's ``fields`` names the keys at fault.
 
     Structured values are JSON text, which the program reads back with ``json.loads``.
     """
     check_competition_name(competition)
-    values = read_config_file(config_file) if config_file else {}
-    source = str(config_file) if config_file else "stack config"
+    if config_file is not None:
+        values, source = read_config_file(config_file), str(config_file)
+    else:
+        values, source = config_values(config or {}), "stack config"
     named = values.get(f"{CONFIG_NAMESPACE}:competition")
     if named is not None and named != competition:
-        raise ConfigError(f"{source} is for competition {named!r}, not {competition!r}")
+        raise _config_error(f"{source} is for competition {named!r}, not {competition!r}", "competition")
     values[f"{CONFIG_NAMESPACE}:competition"] = competition
     password = values.pop(f"{CONFIG_NAMESPACE}:admin_password", None) or os.environ.get(ADMIN_PASSWORD_ENV)
 
     parsed = parse_stack_config(values, source)  # raises ConfigError listing every problem
     if not (parsed.location or values.get("azure-native:location")):
-        raise ConfigError(f"{source}: set azure-native:location (the Azure region, e.g. westeurope)")
+        raise _config_error(f"{source}: set azure-native:location (the Azure region, e.g. westeurope)",
+                            "azure-native:location")
     if parsed.workers.os == "windows" and not password:
-        raise ConfigError(f"{source}: a Windows pool needs an admin password: set {ADMIN_PASSWORD_ENV}")
+        raise _config_error(f"{source}: a Windows pool needs an admin password: set {ADMIN_PASSWORD_ENV}",
+                            "admin_password")
 
     entries: dict[str, tuple[str, bool]] = {}
     for key, value in values.items():
@@ -115,14 +126,22 @@ def stack_config_values(competition: str, config_file: Path | None = None) -> di
     return entries
 
 
-def create_competition_stack(competition: str, *, config_file: Path | None = None, stack: str | None = None,
+def _config_error(message: str, field: str) -> ConfigError:
+    error = ConfigError(message)
+    error.fields = [field]  # type: ignore[attr-defined]
+    return error
+
+
+def create_competition_stack(competition: str, *, config_file: Path | None = None,
+                             config: Mapping[str, Any] | None = None, stack: str | None = None,
                              on_output: Callable[[str], None] = print) -> dict[str, Any]:
-    """Deploy (create or update) the competition's stack; returns the stack outputs.
+    """Deploy (create or update) the competition's stack from a config file or mapping; returns the
+    stack outputs.
 
     The returned mapping includes the secret outputs (:data:`SECRET_OUTPUTS`, the site's connection
     strings where keys are used) in plain text: store them, do not print them.
     """
-    entries = stack_config_values(competition, config_file)
+    entries = stack_config_values(competition, config_file, config=config)
     pulumi_cli()  # before touching any stack
     root = project_dir()
     from pulumi import automation as auto

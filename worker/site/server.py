@@ -224,6 +224,14 @@ class SiteService:
                     release(self.site.sessions, "monitor", self.replica_id)
                 except Exception as exc:  # noqa: BLE001 - it expires on its own
                     log.warning("could not release the monitor lease: %s", exc)
+            from worker.site.azure_pools import fail_running
+
+            try:  # its deployment threads die with it: their records end now, not after a timeout
+                fail_running(self.site, self.replica_id, "the site service stopped during the deployment; its "
+                             "pulumi up was not waited for: look at the stack (pulumi stack) before creating "
+                             "the pool again")
+            except Exception as exc:  # noqa: BLE001 - readers expire them once their heartbeat is stale
+                log.warning("could not record the end of running pool operations: %s", exc)
             self.site.close()
             self.site = None  # type: ignore[assignment]
 

@@ -191,8 +191,8 @@ class WatcherStats:
 
 
 class Watcher:
-    """Consumes the response queues of every active pool (one thread per pool; new pools are picked
-    up by :meth:`sync_pools`)."""
+    """Consumes the response queues of every active pool (one thread per pool). :meth:`sync_pools`
+    starts receivers for new pools and closes those of retired ones."""
 
     def __init__(self, sessions: sessionmaker[Session], queues: SiteQueues, batch: int = 100,
                  wait_s: float = 1.0, after_commit: AfterCommit | None = None) -> None:
@@ -207,32 +207,69 @@ class Watcher:
         self.stats = WatcherStats()
         self.stop_event = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
+        self._pool_stops: dict[str, threading.Event] = {}  # set: that pool's receiver closes
+        self._closing: dict[str, threading.Thread] = {}  # retired pools' receivers still closing
+        self._sync_lock = threading.Lock()  # the pool-sync thread and a retire request both sync
         self._stats_lock = threading.Lock()
 
-    def sync_pools(self) -> None:
+    def sync_pools(self, close_timeout: float = 15.0) -> set[str]:
+        """Start a receiver for every active pool without one; stop those of pools no longer active
+        (retired), waiting up to ``close_timeout`` for their links to close. Returns the pools whose
+        receivers were closed."""
         from worker.site.pools import list_pools
 
         with self.sessions() as session:
             pools = [(p.name, p.response_queue, p.response_queue_connection_string) for p in list_pools(session)]
-        for name, queue, cs in pools:
-            thread = self._threads.get(name)
-            if thread is None or not thread.is_alive():
-                thread = threading.Thread(target=self._run_pool, args=(name, queue, cs), name=f"watcher-{name}",
-                                          daemon=True)
-                self._threads[name] = thread
-                thread.start()
+        with self._sync_lock:
+            if self.stop_event.is_set():
+                return set()
+            active = {name for name, _, _ in pools}
+            retired = [name for name in self._threads if name not in active]
+            for name in retired:
+                self._pool_stops[name].set()
+            for name, queue, cs in pools:
+                thread = self._threads.get(name)
+                if thread is None or not thread.is_alive():
+                    stop = self._pool_stops[name] = threading.Event()
+                    thread = threading.Thread(target=self._run_pool, args=(name, queue, cs, stop),
+                                              name=f"watcher-{name}", daemon=True)
+                    self._threads[name] = thread
+                    thread.start()
+            closed = set()
+            for name in retired:
+                thread = self._threads.pop(name)
+                del self._pool_stops[name]
+                thread.join(close_timeout)
+                if thread.is_alive():  # still closing: it ends on its own
+                    log.warning("the watcher of retired pool %s did not stop within %.0f s", name, close_timeout)
+                    self._closing[name] = thread
+                else:
+                    log.info("pool %s retired: its response queue receiver is closed", name)
+                    closed.add(name)
+            return closed
+
+    @property
+    def pools(self) -> set[str]:
+        """Pools with a running receiver (or one still closing)."""
+        with self._sync_lock:
+            threads = [*self._threads.items(), *self._closing.items()]
+        return {name for name, thread in threads if thread.is_alive()}
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.stop_event.set()
-        for thread in self._threads.values():
+        with self._sync_lock:
+            self.stop_event.set()
+            for stop in self._pool_stops.values():
+                stop.set()
+            threads = list(self._threads.values())
+        for thread in threads:
             thread.join(timeout)
 
-    def _run_pool(self, pool: str, queue: str, connection_string: str | None) -> None:
+    def _run_pool(self, pool: str, queue: str, connection_string: str | None, stop: threading.Event) -> None:
         def session() -> None:
             client = self.queues.client(connection_string)
             with client.get_queue_receiver(queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
                                            prefetch_count=self.batch) as receiver:
-                while not self.stop_event.is_set():
+                while not stop.is_set():
                     # One message as soon as it arrives, then what is already prefetched or known to
                     # be right behind it (the rest of the agent's batch): asking the SDK for more than
                     # will come waits ~200 ms for further messages.
@@ -243,7 +280,7 @@ class Watcher:
                     if messages:
                         self.handle(receiver, messages, pool)
 
-        run_with_reconnect(session, self.stop_event, what=f"watcher for pool {pool}")  # never dies
+        run_with_reconnect(session, stop, what=f"watcher for pool {pool}")  # never dies
 
     def handle(self, receiver: ServiceBusReceiver, messages: list[ServiceBusReceivedMessage],
                pool: str | None = None) -> None:
