@@ -169,3 +169,14 @@ def test_state_file_is_never_seen_half_written(tmp_path: Path):
         writer.join()
     assert reads > 100
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_status_of_a_state_file_cut_short_is_unknown(tmp_path):
+    """The state file is not fsynced (rewritten twice per task): after a power loss it may be empty;
+    `pool agent status` then says so instead of failing."""
+    from worker.agent.commands import status_report
+    from worker.agent.state import STATE_FILE
+
+    (tmp_path / STATE_FILE).write_text("")
+    report = status_report(tmp_path)
+    assert report["state"] == "unknown" and report["running"] is False and "unreadable" in report["error"]

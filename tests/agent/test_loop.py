@@ -146,15 +146,17 @@ def test_storage_unreachable_is_reported_as_an_infrastructure_failure(pool, fast
     task = pool.python("print('x')")
     dead_port = "127.0.0.1:1"
     host = task.stdout_url.split("/")[2]
-    task = task.model_copy(update={"stdout_url": task.stdout_url.replace(host, dead_port),
-                                   "stderr_url": task.stderr_url.replace(host, dead_port)})
+    # The whole account (one storage account holds logs and control): the check before the start
+    # finds it, so the program never runs.
+    task = task.model_copy(update={key: getattr(task, key).replace(host, dead_port)
+                                   for key in ("stdout_url", "stderr_url", "control_url")})
     pool.start_agent()
     pool.send(task)
     final = pool.collector.wait_terminal(task.task_id, timeout=30)
     # Not the program's fault, and the status channel works: a final status says so (the site retries
     # it after a back-off), the message is settled rather than redelivered at once.
     assert final.state is S.FAILED and final.failure == "storage_error" and final.exit_code is None
-    assert "cannot create log blob" in final.reason
+    assert "cannot read the control blob" in final.reason
     statuses = pool.collector.of(task.task_id)
     assert states(statuses) == [S.RECEIVED, S.PREPARING, S.FAILED]  # one delivery
     assert pool.task_messages(wait=1) == []

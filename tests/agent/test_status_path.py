@@ -32,7 +32,7 @@ def test_short_task_statuses_in_order_and_empty_output_not_uploaded(pool):
         assert seqs == sorted(set(seqs)), seqs
         assert statuses[0].host is not None and all(s.host is None for s in statuses[1:])
         assert pool.storage.read_output(pool.competition, task.task_id, 1) is None
-        assert pool.log(task) == b"" and pool.log(task, "stderr") == b""  # the log blobs exist, empty
+        assert pool.log(task) == b"" and pool.log(task, "stderr") == b""  # nothing printed: no log blob, read as empty
     assert pool.task_messages() == []  # all completed
 
 

@@ -46,11 +46,21 @@ def describe(url: str) -> str:
 
 
 class AppendBlob:
-    """One stdout/stderr log blob."""
+    """One stdout/stderr log blob: made by :meth:`create`, or else with its first bytes (a program
+    that prints nothing costs no request; readers take a missing log for an empty one)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = client(url)
+        self._blob: BlobClient | None = None
+        self.created = False
+
+    @property
+    def _client(self) -> BlobClient:
+        """Made on first use: building a client (its whole policy pipeline) is most of a silent
+        log's cost otherwise."""
+        if self._blob is None:
+            self._blob = client(self.url)
+        return self._blob
 
     def create(self) -> None:
         """A fresh, empty blob for this run (a redelivered attempt starts its log over)."""
@@ -60,8 +70,11 @@ class AppendBlob:
             pass
         except AzureError as exc:
             raise InfrastructureError(f"cannot create log blob {describe(self.url)}: {exc}") from exc
+        self.created = True
 
     def append(self, data: bytes) -> None:
+        if not self.created:
+            self.create()
         for start in range(0, len(data), APPEND_BLOCK_MAX):
             try:
                 self._client.append_block(data[start:start + APPEND_BLOCK_MAX])

@@ -14,6 +14,7 @@ from typing import Self
 from azure.core.exceptions import AzureError
 
 from worker.agent import blobs
+from worker.agent.errors import InfrastructureError
 from worker.protocol import ControlSignal
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,19 @@ def cancel_requested(control_url: str | None) -> ControlSignal | None:
     except AzureError as exc:
         log.debug("control blob not readable: %s", exc)
         return None
+    return signal if signal is not None and signal.action == "cancel" else None
+
+
+def cancelled_before_run(control_url: str | None) -> ControlSignal | None:
+    """The check before a program starts. Unlike a poll while it runs, a storage error here fails the
+    task as an infrastructure failure: the log blobs (same account) could not be written either, and
+    the program has not spent anything yet."""
+    if not control_url:
+        return None
+    try:
+        signal = blobs.read_control(control_url)
+    except AzureError as exc:
+        raise InfrastructureError(f"cannot read the control blob {blobs.describe(control_url)}: {exc}") from exc
     return signal if signal is not None and signal.action == "cancel" else None
 
 

@@ -44,7 +44,11 @@ def status_report(control_dir: Path) -> dict:
 
     from worker.agent.state import drain_requested, read_state
 
-    state = read_state(control_dir)
+    try:
+        state = read_state(control_dir)
+    except (ValueError, TypeError):  # cut short by a power loss (it is not fsynced): say so
+        return {"state": "unknown", "running": False, "drain_requested": drain_requested(control_dir),
+                "control_dir": str(control_dir), "error": "the state file is unreadable"}
     if state is None:
         return {"state": "unknown", "running": False, "drain_requested": drain_requested(control_dir),
                 "control_dir": str(control_dir), "error": "no state file: the agent has not run here yet"}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from worker.agent import blobs
 from worker.agent.cache import InputCache
-from worker.agent.cancel import CancelWatcher, cancel_requested
+from worker.agent.cancel import CancelWatcher, cancelled_before_run
 from worker.agent.errors import InfrastructureError, TaskRejected
 from worker.agent.heartbeat import Heartbeat
 from worker.agent.limits import effective_limits
@@ -175,15 +175,22 @@ class TaskRun:
         streamer = LogStreamer(blobs.AppendBlob(task.stdout_url), blobs.AppendBlob(task.stderr_url),
                                cap_bytes=limits_cfg.log_bytes, interval_s=self.config.log_flush_interval_s,
                                on_failure=self._infrastructure_failed)
-        # Independent round trips, overlapped: the cancel check and creating the two log blobs.
-        with contextlib.ExitStack() as stack:
-            pool = self.executor or stack.enter_context(ThreadPoolExecutor(3, thread_name_prefix="prepare"))
-            cancelled = pool.submit(cancel_requested, task.control_url)
-            created = [pool.submit(stream.blob.create) for stream in streamer.streams.values()]
+        # The log blobs are made with their first bytes (blobs.AppendBlob), so a silent program costs
+        # one storage request, the cancel check, which also fails the task early if storage cannot be
+        # reached. A redelivery makes them now, empty, replacing what an earlier delivery wrote;
+        # then the three round trips overlap.
+        if not self.reporter.delivery_count:
             self.workspace.create()
-            signal = cancelled.result()
-            for future in created:
-                future.result()  # raises InfrastructureError if storage is unreachable
+            signal = cancelled_before_run(task.control_url)
+        else:
+            with contextlib.ExitStack() as stack:
+                pool = self.executor or stack.enter_context(ThreadPoolExecutor(3, thread_name_prefix="prepare"))
+                cancelled = pool.submit(cancelled_before_run, task.control_url)
+                created = [pool.submit(stream.blob.create) for stream in streamer.streams.values()]
+                self.workspace.create()
+                for future in created:
+                    future.result()  # raises InfrastructureError if storage is unreachable
+                signal = cancelled.result()
         if signal is not None:  # cancelled while queued: never runs
             return self._final(TaskState.CANCELLED, kill_reason=KillReason.CANCELLED, reason=signal.reason)
         limits = effective_limits(task, self.config)

@@ -70,14 +70,17 @@ class AgentState:
         return cls(**known)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
-    """Readers see the old or the new file, never a half-written one."""
+def write_atomic(path: Path, text: str, mode: int = 0o640, *, durable: bool = True) -> None:
+    """Readers see the old or the new file, never a half-written one. ``durable``: fsync before the
+    rename, so the new file also survives a power loss (not needed for the state file, rewritten
+    twice per task and within seconds anyway: a reader takes an unreadable one for "unknown")."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -225,7 +228,7 @@ class StateFile:
     def _write(self) -> None:
         self.current.updated_at = _now()
         try:
-            write_atomic(self.path, json.dumps(asdict(self.current), indent=1) + "\n")
+            write_atomic(self.path, json.dumps(asdict(self.current), indent=1) + "\n", durable=False)
             self._written = time.monotonic()
         except OSError as exc:  # the state file is for operators: never let it stop the agent
             log.warning("cannot write the state file %s: %s", self.path, exc)

@@ -1,6 +1,10 @@
 """Engine, sessions and migrations. SQLite by default (WAL, writers serialised with BEGIN IMMEDIATE so
 concurrent watcher / monitor / submit processes never see "database is locked" mid-transaction);
-PostgreSQL through psycopg 3 (``postgresql+psycopg://...``)."""
+PostgreSQL through psycopg 3 (``postgresql+psycopg://...``).
+
+:func:`make_read_sessionmaker` gives sessions for reads only: on SQLite they begin with a plain
+(deferred) BEGIN, so a poll or a page view never takes the write lock and never waits for, or holds
+up, the watcher's transactions (WAL readers see the last committed state)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 T = TypeVar("T")
+READ_ONLY = "site_read_only"  # execution option: begin without taking SQLite's write lock
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -39,7 +44,8 @@ def make_engine(url: str, **kwargs: object) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection):  # type: ignore[no-untyped-def]
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = connection.get_execution_options().get(READ_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
@@ -47,6 +53,11 @@ def make_engine(url: str, **kwargs: object) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that only read (same connection pool); a flush in one is a caller's bug."""
+    return sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:

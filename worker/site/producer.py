@@ -58,8 +58,10 @@ class Submission:
 
 
 class Producer:
-    def __init__(self, sessions: sessionmaker[Session], storage: Storage, queues: SiteQueues) -> None:
+    def __init__(self, sessions: sessionmaker[Session], storage: Storage, queues: SiteQueues,
+                 read_sessions: sessionmaker[Session] | None = None) -> None:
         self.sessions = sessions
+        self.read_sessions = read_sessions or sessions  # reads that need no write lock (db.py)
         self.storage = storage
         self.queues = queues
 
@@ -70,7 +72,7 @@ class Producer:
         label = submission.label if submission.label is not None else submission.labels.get("participant")
         if label is not None and not 0 < len(label) <= 128:
             raise SubmitError("invalid task: label: 1 to 128 characters")
-        with transaction(self.sessions) as session:
+        with self.read_sessions() as session:
             pool = get_pool(session, submission.pool)  # clear error before uploading anything
             response_queue = pool.response_queue
             waits = admission.limited(pool)

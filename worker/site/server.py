@@ -264,7 +264,7 @@ class _SiteWithStorage(Site):
     """A site whose storage is reached with an identity (no connection string)."""
 
     def __init__(self, settings: SiteSettings, storage: Any) -> None:
-        from worker.site.db import make_engine, make_sessionmaker, migrate
+        from worker.site.db import make_engine, make_read_sessionmaker, make_sessionmaker, migrate
         from worker.site.producer import Producer
         from worker.site.queues import SiteQueues
 
@@ -272,9 +272,10 @@ class _SiteWithStorage(Site):
         self.engine = make_engine(settings.database_url)
         migrate(self.engine)
         self.sessions = make_sessionmaker(self.engine)
+        self.read_sessions = make_read_sessionmaker(self.engine)
         self.storage = storage
         self.queues = SiteQueues(settings.servicebus_connection_string)
-        self.producer = Producer(self.sessions, self.storage, self.queues)
+        self.producer = Producer(self.sessions, self.storage, self.queues, self.read_sessions)
         self.watcher = None
         self.monitor = None
         self.finals = FinalStates()

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.site import admission
-from worker.site.db import make_engine, make_sessionmaker, migrate
+from worker.site.db import make_engine, make_read_sessionmaker, make_sessionmaker, migrate
 from worker.site.finals import FinalStates
 from worker.site.monitor import DepthProbe, Monitor
 from worker.site.producer import Producer, SubmitError
@@ -43,10 +43,11 @@ class Site:
         if run_migrations:
             migrate(self.engine)
         self.sessions = make_sessionmaker(self.engine)
+        self.read_sessions = make_read_sessionmaker(self.engine)  # reads only: no write lock on SQLite
         self.storage = Storage.from_connection_string(settings.storage_connection_string,
                                                       sas_margin_s=settings.sas_margin_s)
         self.queues = SiteQueues(settings.servicebus_connection_string)
-        self.producer = Producer(self.sessions, self.storage, self.queues)
+        self.producer = Producer(self.sessions, self.storage, self.queues, self.read_sessions)
         self.watcher: Watcher | None = None
         self.monitor: Monitor | None = None
         self.finals = FinalStates()  # wakes the API's long polls

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
 from worker.reconnect import run_with_reconnect
-from worker.site import failures, transitions
+from worker.site import admission, failures, transitions
 from worker.site.db import retrying
 from worker.site.models import Pool, Worker, utcnow
 from worker.site.models import Task as TaskRow
@@ -197,7 +197,8 @@ class Watcher:
     def __init__(self, sessions: sessionmaker[Session], queues: SiteQueues, batch: int = 100,
                  wait_s: float = 1.0, after_commit: AfterCommit | None = None) -> None:
         """``after_commit(pools, retried)``: called after a batch committed with the pools in which a
-        task reached a final state (slots freed) and the tasks whose retry was queued."""
+        task reached a final state (a slot freed) while tasks wait for admission, and the tasks whose
+        retry was queued."""
         self.after_commit = after_commit
         self.sessions = sessions
         self.queues = queues
@@ -296,14 +297,19 @@ class Watcher:
                 receiver.dead_letter_message(message, reason=exc.reason, error_description=exc.description[:1024])
                 self._count(dead_lettered=1)
 
-        def work(session: Session) -> list[Outcome]:
+        def work(session: Session) -> tuple[list[Outcome], bool]:
             locked: dict[str, TaskRow | None] = {}
-            return [apply_presence(session, report, pool) if isinstance(report, protocol.Presence)
-                    else apply_status(session, report, locked=locked, pool=pool) for _, report in statuses]
+            outcomes = [apply_presence(session, report, pool) if isinstance(report, protocol.Presence)
+                        else apply_status(session, report, locked=locked, pool=pool) for _, report in statuses]
+            # A slot freed lets a waiting task in: whether one waits is read here, in this transaction,
+            # not in one of its own after the commit (most batches find none).
+            frees = pool is not None and any(_frees_slot(report, outcome)
+                                             for (_, report), outcome in zip(statuses, outcomes, strict=True))
+            return outcomes, frees and admission.has_waiting(session, pool)  # type: ignore[arg-type]
 
-        outcomes = retrying(self.sessions, work) if statuses else []
+        outcomes, waiting = retrying(self.sessions, work) if statuses else ([], False)
         # Committed: only now may a message be settled (a crash before this point redelivers it).
-        freed: set[str] = set()
+        freed: set[str] = {pool} if waiting and pool is not None else set()
         retried: list[str] = []
         for (message, status), outcome in zip(statuses, outcomes, strict=True):
             if outcome in REFUSED:
@@ -313,10 +319,8 @@ class Watcher:
                 self._count(received=1, dead_lettered=1, wrong_pool=int(outcome is Outcome.WRONG_POOL))
                 continue
             receiver.complete_message(message)
-            applied = outcome in (Outcome.APPLIED, Outcome.HEARTBEAT, Outcome.PRESENCE, Outcome.RETRIED)
+            applied = outcome in APPLIED
             self._count(received=1, applied=int(applied), ignored=int(not applied))
-            if isinstance(status, protocol.Status) and status.state.terminal and applied and pool is not None:
-                freed.add(pool)
             if outcome is Outcome.RETRIED:
                 retried.append(status.task_id)  # type: ignore[union-attr]
         if self.after_commit is not None and (freed or retried):
@@ -330,6 +334,13 @@ class Watcher:
             for key, value in deltas.items():
                 setattr(self.stats, key, getattr(self.stats, key) + value)
 
+
+
+APPLIED = (Outcome.APPLIED, Outcome.HEARTBEAT, Outcome.PRESENCE, Outcome.RETRIED)
+
+
+def _frees_slot(report: protocol.Status | protocol.Presence, outcome: Outcome) -> bool:
+    return isinstance(report, protocol.Status) and report.state.terminal and outcome in APPLIED
 
 
 def _refusal(outcome: Outcome, report: protocol.Status | protocol.Presence, pool: str | None) -> str:
