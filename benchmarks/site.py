@@ -61,7 +61,8 @@ def api_latency(stack: LocalStack, n: int) -> tuple[list[float], float]:
         task_id = api.post("/api/v1/tasks", json={"pool": "default", "command": ["true"], "max_attempts": 1}
                            ).json()["id"]
         while True:
-            with stack.site.sessions() as session:
+            # a read-only session: the probe must not take SQLite's write lock the watcher needs
+            with stack.site.read_sessions() as session:
                 row = session.get(Task, task_id)
                 if row.finished_at is not None:
                     latencies.append((row.finished_at - row.created_at).total_seconds())
