@@ -20,7 +20,6 @@ from typing import Any
 
 from worker.site.auth import TokenTable
 from worker.site.config import SiteConfig
-from worker.site.finals import FinalStates
 from worker.site.models import Pool
 from worker.site.service import Site, SiteSettings
 from worker.storage import StoredBundle
@@ -57,8 +56,7 @@ class SiteService:
                                 lost_after_s=c.lost_after_s, resend_after_s=c.resend_after_s,
                                 monitor_interval_s=c.monitor_interval_s)
         if c.storage.account_url:  # identity: user-delegation SAS (written for Azure, untested here)
-            storage = Storage.from_identity(c.storage.account_url, sas_margin_s=c.sas_margin_s)
-            site = _SiteWithStorage(settings, storage)
+            site = Site(settings, storage=Storage.from_identity(c.storage.account_url, sas_margin_s=c.sas_margin_s))
         else:
             site = Site(settings)
         with transaction(site.sessions) as session:
@@ -258,29 +256,6 @@ def queue_metrics(text: str) -> dict[str, dict[str, float]]:
                 name = sample.name[len(QUEUE_METRIC_PREFIX):]
                 out.setdefault(sample.labels["queue"], {})[name] = sample.value
     return out
-
-
-class _SiteWithStorage(Site):
-    """A site whose storage is reached with an identity (no connection string)."""
-
-    def __init__(self, settings: SiteSettings, storage: Any) -> None:
-        from worker.site.db import make_engine, make_read_sessionmaker, make_sessionmaker, migrate
-        from worker.site.producer import Producer
-        from worker.site.queues import SiteQueues
-
-        self.settings = settings
-        self.engine = make_engine(settings.database_url)
-        migrate(self.engine)
-        self.sessions = make_sessionmaker(self.engine)
-        self.read_sessions = make_read_sessionmaker(self.engine)
-        self.storage = storage
-        self.queues = SiteQueues(settings.servicebus_connection_string)
-        self.producer = Producer(self.sessions, self.storage, self.queues, self.read_sessions)
-        self.watcher = None
-        self.monitor = None
-        self.finals = FinalStates()
-        self._stop = threading.Event()
-        self._sync_thread = None
 
 
 def _management_depth(site: Site, pool: Pool) -> dict[str, int] | None:

@@ -37,15 +37,16 @@ class SiteSettings(BaseModel):
 
 
 class Site:
-    def __init__(self, settings: SiteSettings, *, run_migrations: bool = True) -> None:
+    def __init__(self, settings: SiteSettings, *, run_migrations: bool = True, storage: Storage | None = None) -> None:
+        """``storage``: reached some other way than ``settings.storage_connection_string`` (an identity)."""
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         if run_migrations:
             migrate(self.engine)
         self.sessions = make_sessionmaker(self.engine)
         self.read_sessions = make_read_sessionmaker(self.engine)  # reads only: no write lock on SQLite
-        self.storage = Storage.from_connection_string(settings.storage_connection_string,
-                                                      sas_margin_s=settings.sas_margin_s)
+        self.storage = storage if storage is not None else Storage.from_connection_string(
+            settings.storage_connection_string, sas_margin_s=settings.sas_margin_s)
         self.queues = SiteQueues(settings.servicebus_connection_string)
         self.producer = Producer(self.sessions, self.storage, self.queues, self.read_sessions)
         self.watcher: Watcher | None = None
