@@ -23,10 +23,17 @@ import pytest
 import yaml
 
 from tests.fixtures import fake_pulumi
-from tests.fixtures.site_service import ADMIN_TOKEN, READ_TOKEN, REPO, Served, serve, site_yaml, stop_served
+from tests.fixtures.site_service import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    REPO,
+    Served,
+    deployed_outputs,
+    serve,
+    site_yaml,
+    stop_served,
+)
 from tests.fixtures.waiting import wait_until
-from worker.emulator.auth import generate_key
-from worker.local.competition import RESPONSE_QUEUE_PROPS, TASK_QUEUE_PROPS, emulator_connection_string
 from worker.site.models import PoolOperation, utcnow
 
 pytestmark = pytest.mark.slow
@@ -76,22 +83,6 @@ def wait_done(client: httpx.Client, operation_id: str, timeout: float = 90) -> d
 
 def operations_of(client: httpx.Client, pool: str) -> list[dict]:
     return client.get("/api/v1/operations", params={"pool": pool}).json()["operations"]
-
-
-def deployed_queues(stack, name: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """The queue pair the Pulumi program would create (site policy per queue), and its stack outputs."""
-    keys = {k: generate_key() for k in ("tasks", "responses")}
-    stack.admin.put_queue(f"{name}-tasks", **TASK_QUEUE_PROPS,
-                          policies=[{"name": "site", "key": keys["tasks"], "rights": ["Send", "Listen"]}])
-    stack.admin.put_queue(f"{name}-responses", **RESPONSE_QUEUE_PROPS,
-                          policies=[{"name": "site", "key": keys["responses"], "rights": ["Listen"]}])
-    emu = stack.profile.emulator
-    return {"competition": name, "task_queue": f"{name}-tasks", "response_queue": f"{name}-responses",
-            "fully_qualified_namespace": "sb-fake.servicebus.windows.net", "resource_group": "rg-fake",
-            "site_task_queue_connection_string": emulator_connection_string(
-                emu.host, emu.port, "site", keys["tasks"], f"{name}-tasks"),
-            "site_response_queue_connection_string": emulator_connection_string(
-                emu.host, emu.port, "site", keys["responses"], f"{name}-responses")}
 
 
 # --- validation and auth: refused before anything is recorded ------------------------------------------
@@ -175,7 +166,7 @@ def test_without_the_pulumi_cli_the_operation_fails_with_the_reason(azure_site, 
 
 def test_with_a_pulumi_cli_the_pool_is_deployed_then_registered_and_takes_tasks(azure_site, site_stack, pulumi_bin):
     name = "az-made"
-    outputs = deployed_queues(site_stack, name)
+    outputs = deployed_outputs(site_stack, name, resource_group="rg-fake")
     fake_pulumi.install(pulumi_bin, outputs, sys.executable)
     with api(azure_site) as client:
         assert client.get(f"/api/v1/pools/{name}").status_code == 404
@@ -273,7 +264,7 @@ def test_cli_create_on_site_follows_the_operation(azure_site, site_stack, pulumi
     assert refused.returncode == 2 and "azure.config.workers.max_instances" in refused.stderr, refused.stderr
 
     name = "az-cli-made"
-    fake_pulumi.install(pulumi_bin, deployed_queues(site_stack, name), sys.executable)
+    fake_pulumi.install(pulumi_bin, deployed_outputs(site_stack, name, resource_group="rg-fake"), sys.executable)
     made = create_on_site(azure_site, name, stack_config(name), tmp_path)
     assert made.returncode == 0, made.stderr
     assert "Resources: + 12 created" in made.stdout and f"pool {name} deployed and registered" in made.stdout

@@ -13,9 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.fixtures.site_service import ADMIN_TOKEN, REPO
-from worker.emulator.auth import generate_key
-from worker.local.competition import RESPONSE_QUEUE_PROPS, TASK_QUEUE_PROPS, emulator_connection_string
+from tests.fixtures.site_service import ADMIN_TOKEN, REPO, deployed_outputs
 
 pytestmark = pytest.mark.slow
 NAME = "imported-comp"
@@ -26,25 +24,9 @@ def pool_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
                           capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
-def deployed_outputs(stack) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """A queue pair created as the Pulumi program would (site policy per queue), and its outputs."""
-    keys = {k: generate_key() for k in ("tasks", "responses")}
-    stack.admin.put_queue(f"{NAME}-tasks", **TASK_QUEUE_PROPS,
-                          policies=[{"name": "site", "key": keys["tasks"], "rights": ["Send", "Listen"]}])
-    stack.admin.put_queue(f"{NAME}-responses", **RESPONSE_QUEUE_PROPS,
-                          policies=[{"name": "site", "key": keys["responses"], "rights": ["Listen"]}])
-    emu = stack.profile.emulator
-    return {"competition": NAME, "task_queue": f"{NAME}-tasks", "response_queue": f"{NAME}-responses",
-            "fully_qualified_namespace": "ignored.servicebus.windows.net",
-            "site_task_queue_connection_string": emulator_connection_string(
-                emu.host, emu.port, "site", keys["tasks"], f"{NAME}-tasks"),
-            "site_response_queue_connection_string": emulator_connection_string(
-                emu.host, emu.port, "site", keys["responses"], f"{NAME}-responses")}
-
-
 def test_import_from_outputs_registers_a_working_pool_and_retire_removes_it(served_site, site_stack, tmp_path):
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps(deployed_outputs(site_stack)))
+    outputs.write_text(json.dumps(deployed_outputs(site_stack, NAME)))
     api = httpx.Client(base_url=served_site.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
     assert api.get(f"/api/v1/pools/{NAME}").status_code == 404
 
