@@ -125,6 +125,7 @@ def test_watcher_applies_statuses_once_and_dead_letters_garbage(env):
         return protocol.Status(task_id=task.task_id, attempt=1, seq=seq, state=state, worker_id="w", **kw)
     statuses = [st(0, protocol.TaskState.RECEIVED), st(1, protocol.TaskState.RUNNING),
                 st(2, protocol.TaskState.RUNNING, heartbeat=True), st(3, protocol.TaskState.FINISHED, exit_code=0)]
+    woken = env.site.finals.generation  # the API's long polls: woken by the final status, no task waiting
     env.report(*statuses)
     env.report(*statuses, message_id_suffix="-again")  # duplicates that pass duplicate detection
     with env.reporter.get_queue_sender(env.response_queue) as sender:
@@ -136,6 +137,7 @@ def test_watcher_applies_statuses_once_and_dead_letters_garbage(env):
     assert events(env, submitted.id) == [(1, "queued", "site"), (1, "received", "worker"), (1, "running", "worker"),
                                          (1, "finished", "worker")]
     assert env.site.watcher.stats.applied == 4 and env.site.watcher.stats.ignored == 4
+    assert env.site.finals.generation > woken
     with env.root.get_queue_receiver(env.response_queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
         dead = wait_until(lambda: dlq.receive_messages(max_wait_time=1), what="dead letter")
         assert dead[0].dead_letter_reason == "MalformedMessage"

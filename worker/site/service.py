@@ -77,11 +77,11 @@ class Site:
         self._sync_thread = threading.Thread(target=sync, name="pool-sync", daemon=True)
         self._sync_thread.start()
 
-    def after_final(self, pools: set[str], retried: list[str]) -> None:
-        """After the watcher committed final states: send the infrastructure retries it queued (as
-        scheduled messages) and let waiting tasks into the pools whose slots were freed. First of
-        all, the API's long polls learn that tasks ended."""
-        if pools:
+    def after_final(self, ended: bool, pools: set[str], retried: list[str]) -> None:
+        """After the watcher committed final states: first of all the API's long polls learn that
+        tasks ended; then send the infrastructure retries it queued (as scheduled messages) and let
+        waiting tasks into the pools whose slots were freed."""
+        if ended:
             self.finals.notify()
         for task_id in retried:
             try:

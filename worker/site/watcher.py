@@ -178,7 +178,7 @@ def _prefetched(receiver: ServiceBusReceiver) -> int:
         return 0
 
 
-AfterCommit = Callable[[set[str], list[str]], None]
+AfterCommit = Callable[[bool, set[str], list[str]], None]
 
 
 @dataclass
@@ -196,9 +196,9 @@ class Watcher:
 
     def __init__(self, sessions: sessionmaker[Session], queues: SiteQueues, batch: int = 100,
                  wait_s: float = 1.0, after_commit: AfterCommit | None = None) -> None:
-        """``after_commit(pools, retried)``: called after a batch committed with the pools in which a
-        task reached a final state (a slot freed) while tasks wait for admission, and the tasks whose
-        retry was queued."""
+        """``after_commit(ended, pools, retried)``: called after a batch committed in which a task
+        reached a final state (``ended``) or a retry was queued, with the pools in which a slot freed
+        while tasks wait for admission and the tasks whose retry was queued."""
         self.after_commit = after_commit
         self.sessions = sessions
         self.queues = queues
@@ -297,17 +297,16 @@ class Watcher:
                 receiver.dead_letter_message(message, reason=exc.reason, error_description=exc.description[:1024])
                 self._count(dead_lettered=1)
 
-        def work(session: Session) -> tuple[list[Outcome], bool]:
+        def work(session: Session) -> tuple[list[Outcome], bool, bool]:
             locked: dict[str, TaskRow | None] = {}
             outcomes = [apply_presence(session, report, pool) if isinstance(report, protocol.Presence)
                         else apply_status(session, report, locked=locked, pool=pool) for _, report in statuses]
             # A slot freed lets a waiting task in: whether one waits is read here, in this transaction,
             # not in one of its own after the commit (most batches find none).
-            frees = pool is not None and any(_frees_slot(report, outcome)
-                                             for (_, report), outcome in zip(statuses, outcomes, strict=True))
-            return outcomes, frees and admission.has_waiting(session, pool)  # type: ignore[arg-type]
+            ended = any(_frees_slot(report, outcome) for (_, report), outcome in zip(statuses, outcomes, strict=True))
+            return outcomes, ended, ended and pool is not None and admission.has_waiting(session, pool)  # type: ignore[arg-type]
 
-        outcomes, waiting = retrying(self.sessions, work) if statuses else ([], False)
+        outcomes, ended, waiting = retrying(self.sessions, work) if statuses else ([], False, False)
         # Committed: only now may a message be settled (a crash before this point redelivers it).
         freed: set[str] = {pool} if waiting and pool is not None else set()
         retried: list[str] = []
@@ -323,9 +322,9 @@ class Watcher:
             self._count(received=1, applied=int(applied), ignored=int(not applied))
             if outcome is Outcome.RETRIED:
                 retried.append(status.task_id)  # type: ignore[union-attr]
-        if self.after_commit is not None and (freed or retried):
+        if self.after_commit is not None and (ended or retried):
             try:
-                self.after_commit(freed, retried)
+                self.after_commit(ended, freed, retried)
             except Exception as exc:  # noqa: BLE001 - the monitor sends what this could not
                 log.warning("after a committed batch: %s", exc)
 
