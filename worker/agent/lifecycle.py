@@ -170,33 +170,43 @@ class TaskRun:
 
     def _prepare(self) -> _Prepared | RunResult:
         """``preparing``: the log blobs, the cancel check, the workspace and inputs, the spec."""
-        task, limits_cfg = self.task, self.config.execution.limits
+        task = self.task
         self.reporter.send(TaskState.PREPARING)
         streamer = LogStreamer(blobs.AppendBlob(task.stdout_url), blobs.AppendBlob(task.stderr_url),
-                               cap_bytes=limits_cfg.log_bytes, interval_s=self.config.log_flush_interval_s,
-                               on_failure=self._infrastructure_failed)
-        # The log blobs are made with their first bytes (blobs.AppendBlob), so a silent program costs
-        # one storage request, the cancel check, which also fails the task early if storage cannot be
-        # reached. A redelivery makes them now, empty, replacing what an earlier delivery wrote;
-        # then the three round trips overlap.
-        if not self.reporter.delivery_count:
+                               cap_bytes=self.config.execution.limits.log_bytes,
+                               interval_s=self.config.log_flush_interval_s, on_failure=self._infrastructure_failed)
+        # The cancel check (one storage request; it also fails the task early if storage cannot be
+        # reached) runs while the workspace and the spec are made: the program still never starts
+        # before its answer, and no bundle is fetched before it. The log blobs are made with their
+        # first bytes (blobs.AppendBlob), so a silent program costs no other request; a redelivery
+        # makes them now, empty, replacing what an earlier delivery wrote, beside the check.
+        with contextlib.ExitStack() as stack:
+            pool = self.executor or stack.enter_context(ThreadPoolExecutor(3, thread_name_prefix="prepare"))
+            checked = pool.submit(cancelled_before_run, task.control_url)
+            created = ([pool.submit(stream.blob.create) for stream in streamer.streams.values()]
+                       if self.reporter.delivery_count else [])
             self.workspace.create()
-            signal = cancelled_before_run(task.control_url)
-        else:
-            with contextlib.ExitStack() as stack:
-                pool = self.executor or stack.enter_context(ThreadPoolExecutor(3, thread_name_prefix="prepare"))
-                cancelled = pool.submit(cancelled_before_run, task.control_url)
-                created = [pool.submit(stream.blob.create) for stream in streamer.streams.values()]
-                self.workspace.create()
-                for future in created:
-                    future.result()  # raises InfrastructureError if storage is unreachable
-                signal = cancelled.result()
+            for future in created:
+                future.result()  # raises InfrastructureError if storage is unreachable
+            made: ExecutionSpec | TaskRejected | None = None
+            signal = checked.result() if task.program is not None or task.inputs else None
+            if signal is None:
+                made = self._make_spec()
+                signal = checked.result()  # raises InfrastructureError if storage is unreachable
         if signal is not None:  # cancelled while queued: never runs
             return self._final(TaskState.CANCELLED, kill_reason=KillReason.CANCELLED, reason=signal.reason)
+        if isinstance(made, TaskRejected):
+            return self._reject(streamer, made)
+        assert made is not None
+        return _Prepared(streamer, made)
+
+    def _make_spec(self) -> ExecutionSpec | TaskRejected:
+        """The bundles placed into the workspace and the program's spec, or why the task cannot run."""
+        task, limits_cfg = self.task, self.config.execution.limits
         limits = effective_limits(task, self.config)
         try:
             self.workspace.prepare(task, self.cache, limits.scratch_bytes or limits_cfg.scratch_bytes or 2**62)
-            spec = ExecutionSpec(
+            return ExecutionSpec(
                 task_id=task.task_id,
                 argv=list(task.command),
                 scratch_dir=self.workspace.scratch,
@@ -209,8 +219,7 @@ class TaskRun:
                 image=self.config.execution.image,
             )
         except TaskRejected as exc:
-            return self._reject(streamer, exc)
-        return _Prepared(streamer, spec)
+            return exc
 
     def _start(self, prepared: _Prepared) -> Execution | RunResult:
         """Start the program, unless the agent stopped the task meanwhile."""
