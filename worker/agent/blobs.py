@@ -7,6 +7,8 @@ an :class:`~worker.agent.errors.InfrastructureError`, not after the SDK's defaul
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,10 +27,29 @@ _TEXT = ContentSettings(content_type="text/plain; charset=utf-8")
 RETRY: dict[str, float] = {"initial_backoff": 0.5, "increment_base": 2, "retry_total": 3, "random_jitter_range": 1}
 
 
+def _environment_proxies_or_netrc() -> bool:
+    """Whether requests' reading of the environment for each request can change it: proxy variables
+    (``*_proxy``), a netrc file, or a platform whose proxies also come from the system (Windows'
+    registry, macOS' configuration). Its CA bundle variables are read once, below."""
+    if not sys.platform.startswith("linux"):
+        return True
+    if any(name.lower().endswith("_proxy") or name.lower() == "netrc" for name in os.environ):
+        return True
+    return any(Path(f"~/{name}").expanduser().exists() for name in (".netrc", "_netrc"))
+
+
 # One HTTP session for every blob client of the agent: a task's handful of clients (logs, control,
 # output) reuse pooled connections instead of each opening its own (requests' pool is thread-safe).
 # (Its session is made by azure-core itself: urllib3 retries off, so errors never echo a SAS URL.)
-_TRANSPORT = RequestsTransport(connection_timeout=5, read_timeout=60)
+# requests reads the environment's proxy, netrc and CA bundle settings again on every request (two
+# walks over os.environ: a quarter of a HEAD's CPU). Where no proxy or netrc is set the session skips
+# that, and the CA bundle it would have found (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE) is given here.
+_USE_ENVIRONMENT = _environment_proxies_or_netrc()
+_TRANSPORT = RequestsTransport(
+    connection_timeout=5, read_timeout=60, use_env_settings=_USE_ENVIRONMENT,
+    connection_verify=True if _USE_ENVIRONMENT else (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True),
+)
 _TRANSPORT.open()  # now, not lazily from several threads at once
 
 
