@@ -16,6 +16,7 @@ from azure.core.exceptions import AzureError
 from worker.agent import blobs
 from worker.agent.errors import InfrastructureError
 from worker.protocol import ControlSignal
+from worker.util.threads import Job, spawn
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,16 @@ class CancelWatcher:
         self.on_cancel = on_cancel
         self.signal: ControlSignal | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cancel-watch", daemon=True)
+        self._thread: Job | None = None
 
     def __enter__(self) -> Self:
         if self.control_url:
-            self._thread.start()
+            self._thread = spawn("cancel-watch", self._run)  # a reused thread (worker.util.threads)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None:
             self._thread.join()
 
     def _run(self) -> None:

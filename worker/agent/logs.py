@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from worker.agent.blobs import AppendBlob
 from worker.agent.errors import InfrastructureError
+from worker.util.threads import Job, spawn
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class LogStreamer:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Job | None = None
         self._failures = 0
 
     def create(self) -> None:
@@ -79,8 +80,7 @@ class LogStreamer:
             stream.blob.create()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="log-flusher", daemon=True)
-        self._thread.start()
+        self._thread = spawn("log-flusher", self._run)
 
     def write(self, stream: str, chunk: bytes) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ from worker.execution.base import ExecutionDriver
 from worker.protocol import Activity, Presence, ProtocolError, Task, TaskState
 from worker.reconnect import run_with_reconnect
 from worker.servicebus import response_client, task_client, task_receiver
+from worker.util.threads import Job, spawn
 from worker.wire import decode_message
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,7 @@ class Agent:
         result, lost = None, True
         began = time.monotonic()
         try:
-            thread = threading.Thread(target=run.run, name=f"task-{task.task_id}", daemon=True)
-            thread.start()
+            thread = spawn(f"task-{task.task_id}", run.run)  # a reused thread (worker.util.threads)
             lost = self._watch(run, thread, LockKeeper(receiver, message))
             result = run.result
         finally:
@@ -173,7 +173,7 @@ class Agent:
         except MessageLockLostError as exc:
             log.warning("task %s: lock lost while settling: %s", task.task_id, exc)
 
-    def _watch(self, run: TaskRun, thread: threading.Thread, keeper: LockKeeper) -> bool:
+    def _watch(self, run: TaskRun, thread: Job, keeper: LockKeeper) -> bool:
         """Renew the lock until the task thread ends; apply the shutdown grace. True if the lock was lost."""
         renew_at = time.monotonic() + keeper.next_wait()
         grace_deadline: float | None = None

@@ -17,6 +17,7 @@ from typing import IO
 
 from worker.execution.base import Execution, ExecutionResult
 from worker.protocol import KillReason
+from worker.util.threads import spawn
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,8 @@ class Supervisor:
         self._wake.set()
 
     def run(self) -> ExecutionResult:
-        readers = [
-            threading.Thread(target=self._pump, args=(name, pipe), name=f"pump-{name}", daemon=True)
-            for name, pipe in (("stdout", self.execution.stdout), ("stderr", self.execution.stderr))
-        ]
-        for thread in readers:
-            thread.start()
+        readers = [spawn(f"pump-{name}", self._pump, name, pipe)  # reused threads (worker.util.threads)
+                   for name, pipe in (("stdout", self.execution.stdout), ("stderr", self.execution.stderr))]
         exited = threading.Event()
 
         def wait_main() -> None:
@@ -66,7 +63,7 @@ class Supervisor:
             exited.set()
             self._wake.set()
 
-        threading.Thread(target=wait_main, name="wait-main", daemon=True).start()
+        spawn("wait-main", wait_main)
 
         deadline = time.monotonic() + self.wall_time_s
         killed = False
