@@ -140,11 +140,13 @@ def test_a_dead_agent_is_told_apart_from_a_stopped_one(tmp_path: Path):
     assert "dead (last state busy" in pool_agent("status", "--control-dir", str(tmp_path)).stdout
 
 
-def test_state_file_is_never_seen_half_written(tmp_path: Path):
+def test_state_file_is_never_seen_half_written(tmp_path: Path, monkeypatch):
     import threading
 
+    from worker.agent import state as state_module
     from worker.agent.state import StateFile
 
+    monkeypatch.setattr(state_module, "BUSY_SHOWN_AFTER_S", 0.0)  # every task is written busy, then idle
     state = StateFile(tmp_path, worker_id="w", pool=None, driver="process")
     state.start()
     stop = threading.Event()
@@ -153,6 +155,7 @@ def test_state_file_is_never_seen_half_written(tmp_path: Path):
         n = 0
         while not stop.is_set():
             state.task_started(f"task-{n}" * 50, 1)  # long ids: bigger writes
+            state.refresh()
             state.task_ended(finished=n % 2 == 0)
             n += 1
 
@@ -171,8 +174,38 @@ def test_state_file_is_never_seen_half_written(tmp_path: Path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_a_task_shows_once_it_lasts_and_a_short_one_costs_one_write(tmp_path: Path, monkeypatch):
+    from worker.agent import state as state_module
+    from worker.agent.state import StateFile
+
+    state = StateFile(tmp_path, worker_id="w", pool=None, driver="process")
+    state.start()
+    writes = []
+    write = state._write
+    monkeypatch.setattr(state, "_write", lambda: (writes.append(state.current.state), write()))
+    state.task_started("short", 1)
+    state.refresh()  # the receive loop's look right after a task of a few ms: not yet worth a write
+    assert read_state(tmp_path).state == "starting" and writes == []
+    state.task_ended(finished=True)
+    done = read_state(tmp_path)
+    assert writes == ["idle"] and done.state == "idle" and done.tasks_done == 1 and done.task_id is None
+
+    monkeypatch.setattr(state_module, "BUSY_SHOWN_AFTER_S", 0.05)
+    state.task_started("long", 2)
+    state.refresh()
+    assert read_state(tmp_path).state == "idle"
+    time.sleep(0.1)
+    state.refresh()  # it has lasted: now it shows, once
+    state.refresh()
+    busy = read_state(tmp_path)
+    assert busy.state == "busy" and busy.task_id == "long" and busy.task_attempt == 2
+    assert writes == ["idle", "busy"]
+    state.task_ended(finished=False)
+    assert read_state(tmp_path).tasks_failed == 1 and writes == ["idle", "busy", "idle"]
+
+
 def test_status_of_a_state_file_cut_short_is_unknown(tmp_path):
-    """The state file is not fsynced (rewritten twice per task): after a power loss it may be empty;
+    """The state file is not fsynced (rewritten once or twice per task): after a power loss it may be empty;
     `pool agent status` then says so instead of failing."""
     from worker.agent.commands import status_report
     from worker.agent.state import STATE_FILE

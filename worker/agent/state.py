@@ -7,7 +7,9 @@ directory, cannot reach it).
 
 * ``agent-state.json`` — written atomically (temporary file + rename) on every change of state and
   at most every few seconds otherwise: state, current task, version, driver, pool, last report
-  (heartbeat or presence) queued, tasks done/failed since start, pid.
+  (heartbeat or presence) queued, tasks done/failed since start, pid. A task shows (``busy``) once
+  it has run :data:`BUSY_SHOWN_AFTER_S` (at the receive loop's next look, within about half a
+  second): one that ends sooner costs one write, its end (idle and the counts), not two.
 * ``drain`` — its existence means "finish the current task, take no new one". It is a file, so it
   survives an agent restart until ``pool agent resume`` removes it. The agent checks it before each
   receive call; a task that arrived in the receive call during which the flag appeared still runs.
@@ -22,7 +24,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "agent-state.json"
 DRAIN_FILE = "drain"
 REFRESH_S = 5.0  # an unchanged state is still rewritten this often (updated_at says the agent is alive)
+BUSY_SHOWN_AFTER_S = 0.25  # a task in hand is written once it has lasted this long (or at its end)
 
 # starting: connecting; idle: waiting for a task; busy: running one; draining: drain requested, the
 # current task still running; drained: drain requested and no task in hand; stopped: exited cleanly.
@@ -73,7 +76,7 @@ class AgentState:
 def write_atomic(path: Path, text: str, mode: int = 0o640, *, durable: bool = True) -> None:
     """Readers see the old or the new file, never a half-written one. ``durable``: fsync before the
     rename, so the new file also survives a power loss (not needed for the state file, rewritten
-    twice per task and within seconds anyway: a reader takes an unreadable one for "unknown")."""
+    once or twice per task and within seconds anyway: a reader takes an unreadable one for "unknown")."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -130,6 +133,8 @@ class StateFile:
         self.path = control_dir / STATE_FILE
         self._lock = threading.Lock()
         self._written = 0.0
+        self._task_since = 0.0  # monotonic time the task in hand started
+        self._task_shown = False  # the file shows the task in hand
         self.current = AgentState(worker_id=worker_id, pool=pool, driver=driver, version=__version__,
                                   pid=os.getpid())
 
@@ -172,7 +177,8 @@ class StateFile:
             if self.current.task_id is None:
                 return
             self._noticed(draining)
-            self._set("draining" if draining else "busy")
+            due = not self._task_shown and time.monotonic() - self._task_since >= BUSY_SHOWN_AFTER_S
+            self._set("draining" if draining else "busy", force=due)
 
     def track_heartbeats(self, reporter: Any) -> None:
         """Record the task's heartbeats as reports (wraps ``reporter.heartbeat``, which the status-sender
@@ -189,9 +195,12 @@ class StateFile:
 
     # -- transitions -----------------------------------------------------------------------------
     def task_started(self, task_id: str, attempt: int) -> None:
+        """Not written yet: :meth:`refresh` writes it once the task has lasted BUSY_SHOWN_AFTER_S
+        (a task of a few milliseconds would cost a write for a state nobody can see)."""
         with self._lock:
             self.current.task_id, self.current.task_attempt, self.current.task_since = task_id, attempt, _now()
-            self._set("draining" if self.current.drain_requested else "busy", force=True)
+            self.current.state = "draining" if self.current.drain_requested else "busy"
+            self._task_since, self._task_shown = time.monotonic(), False
 
     def task_ended(self, finished: bool) -> None:
         with self._lock:
@@ -228,7 +237,9 @@ class StateFile:
     def _write(self) -> None:
         self.current.updated_at = _now()
         try:
-            write_atomic(self.path, json.dumps(asdict(self.current), indent=1) + "\n", durable=False)
+            # vars(): the fields are flat values, so asdict()'s deep copy is not needed
+            write_atomic(self.path, json.dumps(vars(self.current), indent=1) + "\n", durable=False)
             self._written = time.monotonic()
+            self._task_shown = self.current.task_id is not None
         except OSError as exc:  # the state file is for operators: never let it stop the agent
             log.warning("cannot write the state file %s: %s", self.path, exc)
