@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 import time
 
@@ -107,3 +108,27 @@ def test_output_pack_and_cap(tmp_path):
 
 def test_log_blob_names_match_storage_layout():
     assert log_blob_name("t", 2, "stdout") == "tasks/t/2/stdout.log"
+
+
+def test_environment_settings_are_read_only_where_they_can_matter(monkeypatch, tmp_path):
+    """The storage session skips requests' per-request reading of the environment only where no proxy
+    variable or netrc could change a request (Linux); otherwise it keeps it."""
+    import sys
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name.lower() == "netrc":
+            monkeypatch.delenv(name)
+    assert blobs._environment_proxies_or_netrc() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert blobs._environment_proxies_or_netrc() is True
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("no_proxy", "localhost")
+    assert blobs._environment_proxies_or_netrc() is True
+    monkeypatch.delenv("no_proxy")
+    (tmp_path / ".netrc").write_text("machine example.invalid login a password b\n")
+    assert blobs._environment_proxies_or_netrc() is True
+    (tmp_path / ".netrc").unlink()
+    monkeypatch.setattr(sys, "platform", "win32")  # proxies from the registry: always read
+    assert blobs._environment_proxies_or_netrc() is True
