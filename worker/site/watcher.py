@@ -32,6 +32,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusReceiver
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
@@ -77,6 +78,18 @@ def _claimed_elsewhere(worker: Worker | None, pool: str, now: datetime) -> bool:
     return worker is not None and worker.pool != pool and is_live(worker, now)
 
 
+# Built once: Session.get builds its select anew on every call, which cost more than the query.
+_TASK_FOR_UPDATE = select(TaskRow).where(TaskRow.id == bindparam("b_id")).with_for_update()
+_WORKER = select(Worker).where(Worker.id == bindparam("b_id"))
+
+
+def _worker(session: Session, worker_id: str) -> Worker | None:
+    """As ``session.get``: the session's own object if it holds one, else a query (which flushes a
+    worker this transaction added first, as ``get`` would)."""
+    held = session.identity_map.get(session.identity_key(Worker, worker_id))
+    return held if held is not None else session.scalars(_WORKER, {"b_id": worker_id}).first()
+
+
 def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
                  locked: dict[str, TaskRow | None] | None = None, pool: str | None = None) -> Outcome:
     """``locked``: rows this transaction already holds (SELECT ... FOR UPDATE), by task id — a batch
@@ -87,14 +100,14 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
         row = locked[status.task_id]
     else:
         with session.no_autoflush:  # a task row is never pending here: another task's changes wait for the commit
-            row = session.get(TaskRow, status.task_id, with_for_update=True)
+            row = session.scalars(_TASK_FOR_UPDATE, {"b_id": status.task_id}).first()
         if locked is not None:
             locked[status.task_id] = row
     if row is None:
         return Outcome.UNKNOWN_TASK
     # Read once and kept: an unchanged row held by nobody leaves the session's (weak) identity map,
     # and a second get would query again, flushing this task's changes first.
-    worker = session.get(Worker, status.worker_id)
+    worker = _worker(session, status.worker_id)
     if pool is not None and (row.pool != pool or _claimed_elsewhere(worker, pool, now)):
         return _wrong_pool(session, pool)
     if status.attempt != row.attempt:
