@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -85,6 +85,15 @@ def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
     finally:
         if owned:
             engine.dispose()
+
+
+def get_by_key(session: Session, statement: Select[tuple[T]], entity: type[T], key: object) -> T | None:
+    """``session.get(entity, key)`` through ``statement``, a select of ``entity`` by its primary key
+    bound as ``b_key`` and built once: ``get`` builds its select anew on every call, which costs more
+    than the query itself. As ``get``: the session's own object if it holds one, else one query
+    (which flushes this transaction's changes first)."""
+    held = session.identity_map.get(session.identity_key(entity, key))
+    return held if held is not None else session.scalars(statement, {"b_key": key}).first()  # type: ignore[return-value]
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker import protocol
 from worker.reconnect import run_with_reconnect
 from worker.site import admission, failures, transitions
-from worker.site.db import retrying
+from worker.site.db import get_by_key, retrying
 from worker.site.models import Pool, Worker, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.queries import is_live
@@ -80,14 +80,7 @@ def _claimed_elsewhere(worker: Worker | None, pool: str, now: datetime) -> bool:
 
 # Built once: Session.get builds its select anew on every call, which cost more than the query.
 _TASK_FOR_UPDATE = select(TaskRow).where(TaskRow.id == bindparam("b_id")).with_for_update()
-_WORKER = select(Worker).where(Worker.id == bindparam("b_id"))
-
-
-def _worker(session: Session, worker_id: str) -> Worker | None:
-    """As ``session.get``: the session's own object if it holds one, else a query (which flushes a
-    worker this transaction added first, as ``get`` would)."""
-    held = session.identity_map.get(session.identity_key(Worker, worker_id))
-    return held if held is not None else session.scalars(_WORKER, {"b_id": worker_id}).first()
+_WORKER = select(Worker).where(Worker.id == bindparam("b_key"))
 
 
 def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
@@ -107,7 +100,7 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
         return Outcome.UNKNOWN_TASK
     # Read once and kept: an unchanged row held by nobody leaves the session's (weak) identity map,
     # and a second get would query again, flushing this task's changes first.
-    worker = _worker(session, status.worker_id)
+    worker = get_by_key(session, _WORKER, Worker, status.worker_id)
     if pool is not None and (row.pool != pool or _claimed_elsewhere(worker, pool, now)):
         return _wrong_pool(session, pool)
     if status.attempt != row.attempt:
