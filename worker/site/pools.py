@@ -46,8 +46,11 @@ def get_pool(session: Session, name: str) -> Pool:
     return pool
 
 
+_ACTIVE_POOLS = select(Pool).where(Pool.active.is_(True)).order_by(Pool.name)  # built once: read every second
+
+
 def list_pools(session: Session) -> list[Pool]:
-    return list(session.scalars(select(Pool).where(Pool.active.is_(True)).order_by(Pool.name)))
+    return list(session.scalars(_ACTIVE_POOLS))
 
 
 LIMIT_KEYS = ("max_in_flight", "max_in_flight_per_label", "retry_budget", "retry_backoff_s", "retry_backoff_max_s")
