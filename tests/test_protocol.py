@@ -97,3 +97,76 @@ def test_presence_round_trip_and_it_is_neither_a_status_nor_a_task():
         body = json.loads(encode(report)) | bad
         with pytest.raises(ProtocolError, match="invalid presence"):
             decode_presence(json.dumps(body))
+
+
+# -- a task attempt's statuses in one message (worker.wire) --------------------------------------------
+def _statuses(task_id: str = "sub-42", attempt: int = 1, seqs: tuple[int, ...] = (0, 1, 2, 3)) -> list[Status]:
+    states = [TaskState.RECEIVED, TaskState.PREPARING, TaskState.RUNNING, TaskState.FINISHED]
+    return [Status(task_id=task_id, attempt=attempt, seq=seq, state=states[i % 4], worker_id="w1", exit_code=0)
+            for i, seq in enumerate(seqs)]
+
+
+class Received:
+    """What the SDK hands a receiver: the body as an iterable of parts, the subject, properties."""
+
+    def __init__(self, message) -> None:
+        self.body = [bytes(part) for part in message.body]
+        self.subject = message.subject
+        self.message_id = message.message_id
+        self.application_properties = {key.encode(): value for key, value in message.application_properties.items()}
+
+
+def test_a_task_attempts_statuses_travel_as_one_message_and_come_back_in_order():
+    from worker.wire import batch_rest, decode_reports, report_messages
+
+    statuses = _statuses()
+    [message] = report_messages(statuses)
+    assert message.subject == "statuses" and message.message_id == "sub-42:1:0-3"
+    assert message.application_properties["state"] == "finished" and batch_rest(Received(message)) == 0
+    assert decode_reports(Received(message)) == statuses
+
+
+def test_statuses_of_other_attempts_and_presence_reports_travel_in_messages_of_their_own():
+    from worker.protocol import Activity, HostFacts, Presence
+    from worker.wire import batch_rest, decode_reports, report_messages
+
+    host = HostFacts(hostname="h", os="linux", cpu_count=4, memory_mb=1024, driver="process", agent_version="0.1")
+    presence = Presence(worker_id="w1", activity=Activity.IDLE, interval_s=10, seq=1, host=host)
+    first, second = _statuses(seqs=(5, 6)), _statuses("sub-43", seqs=(0, 1, 2))
+    reports = [*first, presence, *second, _statuses("sub-43", attempt=2, seqs=(0,))[0]]
+    messages = report_messages(reports)
+    assert [m.subject for m in messages] == ["statuses", "presence", "statuses", "status"]
+    assert [batch_rest(Received(m)) for m in messages] == [3, 2, 1, 0]
+    assert [r for m in messages for r in decode_reports(Received(m))] == reports
+
+
+def test_a_statuses_message_stays_far_below_the_message_limit():
+    from worker.wire import GROUP_BYTES, decode_reports, report_messages
+
+    big = [s.model_copy(update={"reason": "x" * 20_000}) for s in _statuses(seqs=tuple(range(40)))]
+    messages = report_messages(big)
+    assert len(messages) > 1 and all(len(b"".join(m.body)) <= GROUP_BYTES for m in messages)
+    assert [r for m in messages for r in decode_reports(Received(m))] == big
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "fragment"),
+    [
+        (b"[]", "MalformedMessage", "non-empty JSON array"),
+        (b'{"schema_version": 1}', "MalformedMessage", "non-empty JSON array"),
+        (b"[1]", "MalformedMessage", "not a JSON object"),
+        (b'[{"schema_version": 2}]', "UnsupportedSchemaVersion", "2"),
+        (None, "InvalidStatus", "one task attempt"),  # two tasks' statuses mixed
+        (b"order", "InvalidStatus", "increasing seq"),
+    ],
+)
+def test_bad_statuses_messages_are_rejected_with_a_readable_reason(body, reason, fragment):
+    from worker.protocol import decode_statuses, encode_statuses
+
+    if body is None:
+        body = encode_statuses([*_statuses(seqs=(0,)), *_statuses("sub-43", seqs=(1,))])
+    elif body == b"order":
+        body = encode_statuses(_statuses(seqs=(2, 1)))
+    with pytest.raises(ProtocolError) as err:
+        decode_statuses(body)
+    assert err.value.reason == reason and fragment in err.value.description

@@ -1,6 +1,8 @@
 """Wire models exchanged through the queues: a Task (site -> worker), and a Status or a Presence
 (worker -> site, on the response queue, told apart by the message's ``subject``: :data:`SUBJECT_STATUS`
 or :data:`SUBJECT_PRESENCE`; a message without a subject is a Status, as sent by older agents).
+Several statuses of one task attempt travel as one message (:data:`SUBJECT_STATUSES`, a JSON array):
+one message for the broker to store and deliver and for the site to settle, instead of one each.
 
 Messages carry ids and SAS URLs, never payloads. JSON on the wire, versioned by ``schema_version``;
 anything that does not validate raises :class:`ProtocolError` with a readable reason, which the
@@ -9,6 +11,7 @@ receiver turns into a dead-letter reason. This module imports only :mod:`worker.
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -191,6 +194,7 @@ class Presence(_Model):
 
 
 SUBJECT_STATUS = "status"
+SUBJECT_STATUSES = "statuses"  # a JSON array of one task attempt's statuses, in sequence order
 SUBJECT_PRESENCE = "presence"
 
 Message = Task | Status | Presence
@@ -203,14 +207,29 @@ def encode(message: Task | Status | Presence) -> bytes:
     return data
 
 
-def _decode(model: type[Task | Status | Presence], body: bytes | str) -> Task | Status | Presence:
+def encode_statuses(statuses: list[Status]) -> bytes:
+    """One task attempt's statuses as one body (a JSON array; :func:`decode_statuses` reads it)."""
+    data = b"[" + b",".join(status.model_dump_json().encode() for status in statuses) + b"]"
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("MessageTooLarge", f"message is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def _parse(body: bytes | str) -> object:
     raw = body.encode() if isinstance(body, str) else bytes(body)
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("MessageTooLarge", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
     try:
-        obj = json.loads(raw)
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError("MalformedMessage", f"body is not JSON: {exc}") from None
+
+
+def _decode(model: type[Task | Status | Presence], body: bytes | str) -> Task | Status | Presence:
+    return _validate(model, _parse(body))
+
+
+def _validate(model: type[Task | Status | Presence], obj: object) -> Task | Status | Presence:
     if not isinstance(obj, dict):
         raise ProtocolError("MalformedMessage", "body is not a JSON object")
     version = obj.get("schema_version")
@@ -234,6 +253,25 @@ def decode_task(body: bytes | str) -> Task:
 
 def decode_status(body: bytes | str) -> Status:
     return _decode(Status, body)  # type: ignore[return-value]
+
+
+def decode_statuses(body: bytes | str) -> list[Status]:
+    """A :data:`SUBJECT_STATUSES` body: a non-empty JSON array of statuses of ONE task attempt with
+    increasing ``seq`` (the site settles the message as a whole, so it must be about one task)."""
+    obj = _parse(body)
+    if not isinstance(obj, list) or not obj:
+        raise ProtocolError("MalformedMessage", "a statuses message is a non-empty JSON array of statuses")
+    statuses: list[Status] = [_validate(Status, item) for item in obj]  # type: ignore[misc]
+    first = statuses[0]
+    for before, status in itertools.pairwise(statuses):
+        if (status.task_id, status.attempt) != (first.task_id, first.attempt):
+            raise ProtocolError("InvalidStatus", "a statuses message carries the statuses of one task attempt, "
+                                                 f"not of {first.task_id!r}/{first.attempt} and "
+                                                 f"{status.task_id!r}/{status.attempt}")
+        if status.seq <= before.seq:
+            raise ProtocolError("InvalidStatus", f"the statuses of a message are in increasing seq order "
+                                                 f"({status.seq} follows {before.seq})")
+    return statuses
 
 
 def decode_presence(body: bytes | str) -> Presence:

@@ -7,10 +7,14 @@ message     subject        message id                                      on qu
 ==========  =============  ==============================================  =====================
 Task        its task type  ``<task_id>:<attempt>`` (duplicate detection)   ``<competition>-tasks``
 Status      ``status``     ``<task_id>:<attempt>:<seq>``                   ``<competition>-responses``
+Statuses    ``statuses``   ``<task_id>:<attempt>:<first seq>-<last seq>``  ``<competition>-responses``
 Presence    ``presence``   ``presence:<worker>:<timestamp>:<seq>``         ``<competition>-responses``
 ==========  =============  ==============================================  =====================
 
-A response message without a subject is a Status (agents before presence reports). On the task
+A response message without a subject is a Status (agents before presence reports). Statuses: several
+statuses of one task attempt that the agent sends together (a short task's ``received`` ...
+``finished``), as one JSON array — one message to store, deliver and settle instead of one per status.
+Agents that send them need a site that reads them (this version on): upgrade the site first. On the task
 queue every message is a Task: its subject only names the task type.
 """
 
@@ -18,22 +22,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from azure.servicebus import ServiceBusMessage
 
 from worker.protocol import (
     CONTENT_TYPE,
+    MAX_MESSAGE_BYTES,
     SUBJECT_PRESENCE,
     SUBJECT_STATUS,
+    SUBJECT_STATUSES,
     Presence,
     ProtocolError,
     Status,
     Task,
     decode_presence,
     decode_status,
+    decode_statuses,
     decode_task,
     encode,
+    encode_statuses,
     task_message_id,
 )
 
@@ -41,25 +49,29 @@ __all__ = [
     "BATCH_REST",
     "UNKNOWN_KIND",
     "batch_rest",
-    "decode_message",
+    "decode_reports",
+    "decode_task_message",
     "message_body",
     "message_kind",
     "parse_task_message_id",
     "presence_message",
     "report_message",
+    "report_messages",
     "status_message",
+    "statuses_message",
     "task_message",
     "task_message_id",
     "task_ref",
 ]
 
 BATCH_REST = "batch_rest"  # application property: how many messages of the same batch follow this one
-UNKNOWN_KIND = "UnknownMessageKind"  # dead-letter reason of a response message with an unknown subject
+UNKNOWN_KIND = "UnknownMessageKind"
+GROUP_BYTES = MAX_MESSAGE_BYTES // 2  # a statuses message stays well inside Service Bus's message limit  # dead-letter reason of a response message with an unknown subject
 
-Queue = Literal["tasks", "responses"]
-_RESPONSE_DECODERS: dict[str, Callable[[bytes], Status | Presence]] = {
-    SUBJECT_STATUS: decode_status,
-    SUBJECT_PRESENCE: decode_presence,
+_RESPONSE_DECODERS: dict[str, Callable[[bytes], list[Status] | list[Presence]]] = {
+    SUBJECT_STATUS: lambda body: [decode_status(body)],
+    SUBJECT_STATUSES: decode_statuses,
+    SUBJECT_PRESENCE: lambda body: [decode_presence(body)],
 }
 
 
@@ -82,6 +94,19 @@ def status_message(status: Status, rest: int = 0) -> ServiceBusMessage:
     )
 
 
+def statuses_message(statuses: list[Status], rest: int = 0) -> ServiceBusMessage:
+    """Several statuses of ONE task attempt, in sequence order, as one message."""
+    first, last = statuses[0], statuses[-1]
+    return ServiceBusMessage(
+        encode_statuses(statuses),
+        content_type=CONTENT_TYPE,
+        subject=SUBJECT_STATUSES,
+        message_id=f"{first.task_id}:{first.attempt}:{first.seq}-{last.seq}",
+        application_properties={"task_id": first.task_id, "state": last.state.value, "count": len(statuses),
+                                BATCH_REST: rest},
+    )
+
+
 def presence_message(presence: Presence, rest: int = 0) -> ServiceBusMessage:
     return ServiceBusMessage(
         encode(presence),
@@ -96,6 +121,28 @@ def presence_message(presence: Presence, rest: int = 0) -> ServiceBusMessage:
 def report_message(report: Status | Presence, rest: int = 0) -> ServiceBusMessage:
     """A response-queue message: a Status or a Presence."""
     return presence_message(report, rest) if isinstance(report, Presence) else status_message(report, rest)
+
+
+def report_messages(reports: list[Status | Presence]) -> list[ServiceBusMessage]:
+    """The messages that carry ``reports`` in order: consecutive statuses of one task attempt share
+    one message (:func:`statuses_message`, up to :data:`GROUP_BYTES` of JSON), a lone status or a
+    presence report is a message of its own; each says how many messages follow it (:data:`BATCH_REST`)."""
+    groups: list[list[Status | Presence]] = []
+    size = 0
+    for report in reports:
+        last = groups[-1][-1] if groups else None
+        length = len(report.model_dump_json()) if isinstance(report, Status) else 0
+        if (isinstance(report, Status) and isinstance(last, Status) and size + length <= GROUP_BYTES
+                and (last.task_id, last.attempt) == (report.task_id, report.attempt) and report.seq > last.seq):
+            groups[-1].append(report)
+            size += length
+        else:
+            groups.append([report])
+            size = length
+    rest = len(groups) - 1
+    return [report_message(group[0], rest - i) if len(group) == 1
+            else statuses_message(group, rest - i)  # type: ignore[arg-type]
+            for i, group in enumerate(groups)]
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -120,17 +167,20 @@ def message_kind(message: Any) -> str:
     return subject or SUBJECT_STATUS
 
 
-def decode_message(message: Any, queue: Queue = "responses") -> Task | Status | Presence:
-    """Join the body and decode it by the queue it came from and its subject; ProtocolError (with
-    the dead-letter reason) when it is not a valid message of that queue."""
+def decode_task_message(message: Any) -> Task:
+    """A task-queue message's Task; ProtocolError (with the dead-letter reason) when it is not one."""
+    return decode_task(message_body(message))
+
+
+def decode_reports(message: Any) -> list[Status] | list[Presence]:
+    """The reports a response-queue message carries, by its subject: one Status, one Presence, or a
+    task attempt's Statuses; ProtocolError (with the dead-letter reason) when it is not valid."""
     body = message_body(message)
-    if queue == "tasks":
-        return decode_task(body)
     kind = message_kind(message)
     decoder = _RESPONSE_DECODERS.get(kind)
     if decoder is None:
-        raise ProtocolError(UNKNOWN_KIND, f"unknown message subject {kind[:100]!r} "
-                                          f"(expected {SUBJECT_STATUS!r} or {SUBJECT_PRESENCE!r})")
+        raise ProtocolError(UNKNOWN_KIND, f"unknown message subject {kind[:100]!r} (expected "
+                                          f"{SUBJECT_STATUS!r}, {SUBJECT_STATUSES!r} or {SUBJECT_PRESENCE!r})")
     return decoder(body)
 
 

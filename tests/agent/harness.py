@@ -19,18 +19,9 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSubQ
 from worker.agent import run_agent
 from worker.config import AgentConfig, dump_agent_config, parse_agent_config
 from worker.emulator.launcher import EmulatorProcess, generate_key
-from worker.protocol import (
-    CONTENT_TYPE,
-    SUBJECT_PRESENCE,
-    Presence,
-    Status,
-    Task,
-    TaskState,
-    decode_presence,
-    decode_status,
-    encode,
-)
+from worker.protocol import CONTENT_TYPE, Presence, Status, Task, TaskState, encode
 from worker.storage import Storage
+from worker.wire import decode_reports
 
 
 def least_rights_queues(queue_factory: Callable[..., str], **task_queue_props: Any) -> tuple[str, str]:
@@ -58,12 +49,11 @@ class StatusCollector:
         with self._client.get_queue_receiver(self._queue, max_wait_time=0.5) as receiver:
             while not self._stop.is_set():
                 for message in receiver.receive_messages(max_message_count=20, max_wait_time=0.5):
-                    body = b"".join(message.body)
-                    presence = message.subject == SUBJECT_PRESENCE
-                    report = decode_presence(body) if presence else decode_status(body)
+                    reports = decode_reports(message)  # one status, one presence, or a task's statuses
                     receiver.complete_message(message)
                     with self._cond:
-                        (self.presences if presence else self.statuses).append(report)  # type: ignore[arg-type]
+                        for report in reports:
+                            (self.presences if isinstance(report, Presence) else self.statuses).append(report)  # type: ignore[arg-type]
                         self._cond.notify_all()
 
     def wait_presence(self, predicate: Callable[[Presence], bool], timeout: float = 30) -> Presence:

@@ -65,12 +65,24 @@ def test_local_up_ready_runtime_competition_submit_and_clean_stop(tmp_path):
         other = pool("submit", "--competition", "second-comp", "--wait", "--timeout", "60", "--", "true",
                      data_dir=data)
         assert other.returncode == 0, other.stdout + other.stderr
+        # Retiring it stops its agent (the stack keeps none for a retired pool); the default pool's stays.
+        second_agent = yaml.safe_load((data / "profile.yaml").read_text())["processes"]["agent:second-comp-w1"]["pid"]
+        default_agent = yaml.safe_load((data / "profile.yaml").read_text())["processes"]["agent:default-w1"]["pid"]
+        retired = pool("competition", "retire", "second-comp", data_dir=data)
+        assert retired.returncode == 0, retired.stdout + retired.stderr
+        deadline = time.monotonic() + 30
+        while second_agent in children_of(up.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert second_agent not in children_of(up.pid), "the retired pool's agent still runs"
+        assert default_agent in children_of(up.pid)
+        record = yaml.safe_load((data / "profile.yaml").read_text())["processes"]["agent:second-comp-w1"]
+        assert record["state"] == "retired"
 
         failed = pool("submit", "--wait", "--", "false", data_dir=data)
         assert failed.returncode == 1 and ": failed, exit code 1" in failed.stdout
 
         status = pool("status", data_dir=data)
-        assert status.returncode == 0 and "second-comp" in status.stdout and task_id in status.stdout
+        assert status.returncode == 0 and task_id in status.stdout and "short of agents" not in status.stdout
     finally:
         up.send_signal(signal.SIGTERM)
         rest, _ = up.communicate(timeout=60)
@@ -80,6 +92,24 @@ def test_local_up_ready_runtime_competition_submit_and_clean_stop(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert yaml.safe_load((data / "profile.yaml").read_text())["state"] == "stopped"
+    # Started again, the stack brings back its known pools, but not the retired one.
+    again = subprocess.Popen([sys.executable, "-m", "worker", "local", "up", "--workers", "1", "--data-dir", str(data)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (lines and lines[-1].startswith("ready")):
+            lines.append(again.stdout.readline())
+            assert lines[-1] or again.poll() is None, "".join(lines)
+        processes = yaml.safe_load((data / "profile.yaml").read_text())["processes"]
+        assert processes["agent:default-w1"]["state"] == "running"
+        assert not [name for name in processes if name.startswith("agent:second-comp")], processes
+        refused = pool("submit", "--competition", "second-comp", "--", "true", data_dir=data)
+        assert refused.returncode != 0, refused.stdout
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=60)
 
 
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path):

@@ -131,7 +131,8 @@ class Pool:
         """Every status of ``task_id`` received so far, once one has a state in ``until``."""
         from azure.servicebus import ServiceBusClient
 
-        from worker.protocol import SUBJECT_PRESENCE, decode_presence, decode_status
+        from worker.protocol import Presence
+        from worker.wire import decode_reports
 
         def done() -> bool:
             return any(s.state.value in until for s in self.received.get(task_id, []))
@@ -141,13 +142,12 @@ class Pool:
         with client, client.get_queue_receiver(self.response_queue) as receiver:
             while not done() and time.monotonic() < deadline:
                 for msg in receiver.receive_messages(max_message_count=20, max_wait_time=2):
-                    body = b"".join(msg.body)
                     receiver.complete_message(msg)
-                    if msg.subject == SUBJECT_PRESENCE:  # the idle agent saying it is alive
-                        self.presences.append(decode_presence(body))
-                        continue
-                    status = decode_status(body)
-                    self.received.setdefault(status.task_id, []).append(status)
+                    for report in decode_reports(msg):  # one status, a task's statuses, or a presence
+                        if isinstance(report, Presence):  # the idle agent saying it is alive
+                            self.presences.append(report)
+                        else:
+                            self.received.setdefault(report.task_id, []).append(report)
         seen = sorted(self.received.get(task_id, []), key=lambda s: (s.attempt, s.seq))
         if not done():
             raise AssertionError(f"task {task_id}: no status in {until} within {timeout}s; saw "

@@ -21,6 +21,7 @@ from worker.site.models import Pool, Task, Worker
 from worker.site.pools import register_pool
 from worker.site.producer import Submission
 from worker.site.service import Site, SiteSettings
+from worker.wire import report_messages
 
 pytestmark = pytest.mark.slow
 S = protocol.TaskState
@@ -43,6 +44,16 @@ class TwoPools:
                 subject = protocol.SUBJECT_PRESENCE if isinstance(report, protocol.Presence) else protocol.SUBJECT_STATUS
                 sender.send_messages(ServiceBusMessage(protocol.encode(report), subject=subject,
                                                        message_id=uuid.uuid4().hex))
+
+    def send_batch(self, pool: str, *statuses: protocol.Status, body: bytes | None = None) -> None:
+        """One ``statuses`` message, as an agent sends a task's coalesced statuses (``body``: forged)."""
+        [message] = report_messages(list(statuses))
+        if body is not None:
+            message = ServiceBusMessage(body, subject=protocol.SUBJECT_STATUSES, message_id=uuid.uuid4().hex)
+        _, responses = competition_queues(pool)
+        with ServiceBusClient.from_connection_string(self.emulator.connection_string("worker", responses)) as client, \
+                client.get_queue_sender(responses) as sender:
+            sender.send_messages(message)
 
     def task(self, task_id: str) -> Task:
         with self.site.sessions() as s:
@@ -149,3 +160,28 @@ def test_statuses_forged_across_attempts_and_workers_change_nothing(pools):
     pools.send(a, status(task_id, 7, S.FINISHED, worker="w1", exit_code=0))
     wait_until(lambda: pools.task(task_id).state == "finished", what="w1's final status")
     assert pools.task(task_id).worker_id == "w1"
+
+
+def test_a_batch_of_statuses_for_another_pools_task_is_refused_as_a_whole(pools):
+    a, b = pools.names
+    task_id = pools.site.producer.submit(Submission(pool=a, command=["true"])).id
+    other = pools.site.producer.submit(Submission(pool=b, command=["true"])).id
+    batch = [status(task_id, 0, S.RECEIVED), status(task_id, 1, S.RUNNING), status(task_id, 2, S.FINISHED, exit_code=0)]
+    pools.send_batch(b, *batch)  # pool b's worker key, pool a's task
+    dead = pools.dead_letters(b, 1)
+    assert [m.dead_letter_reason for m in dead] == ["WrongPool"] and task_id in dead[0].dead_letter_error_description
+    assert "0 of the message's 3 statuses applied" in dead[0].dead_letter_error_description
+    assert pools.task(task_id).state == "queued"
+    # Two tasks' statuses in one message: malformed, nothing applied (the message is settled as one).
+    mixed = protocol.encode_statuses([status(other, 0, S.RECEIVED, worker="w-b")]).rstrip(b"]") + b"," + \
+        protocol.encode_statuses([status(task_id, 1, S.RUNNING, worker="w-b")]).lstrip(b"[")
+    pools.send_batch(b, *batch, body=mixed)
+    assert [m.dead_letter_reason for m in pools.dead_letters(b, 1)] == ["InvalidStatus"]
+    assert (pools.task(other).state, pools.task(task_id).state) == ("queued", "queued")
+    # Positive controls: the same batch through pool a's own queue, and pool b's task's own statuses.
+    pools.send_batch(a, *batch)
+    wait_until(lambda: pools.task(task_id).state == "finished", what="the batch through its own pool")
+    with pools.site.sessions() as s:
+        assert [e.state for e in s.get(Task, task_id).events][-3:] == ["received", "running", "finished"]
+    pools.send_batch(b, status(other, 0, S.RECEIVED, worker="w-b"), status(other, 1, S.RUNNING, worker="w-b"))
+    wait_until(lambda: pools.task(other).state == "running", what="pool b's task's batch")

@@ -3,8 +3,9 @@
 A task's steps do not wait for each status to reach Service Bus (a round trip each): a reporter
 (:mod:`worker.agent.reporter`) queues the status and returns; one sender thread per agent sends whatever
 has queued up, in sequence order, as one batch. A status waits at most :data:`COALESCE_S` for the ones
-that follow it, so a short task's ``received`` ... ``finished`` travel as ONE message batch (one round
-trip, one transaction on the site) instead of each costing the broker and the site work while the task
+that follow it, so a short task's ``received`` ... ``finished`` travel as ONE message (one round trip,
+one message for the broker to store and deliver, one transaction and one settlement on the site; see
+:func:`worker.wire.report_messages`) instead of each costing the broker and the site work while the task
 is still being prepared. An urgent item (the final status, a presence report) is sent at once.
 
 The same thread ticks the heartbeats of the task in hand and, while the agent has no task, sends its
@@ -30,7 +31,7 @@ from worker.agent.errors import InfrastructureError
 from worker.agent.heartbeat import PresenceSource, Timers
 from worker.protocol import Presence, Status
 from worker.servicebus import status_sender
-from worker.wire import report_message
+from worker.wire import report_messages
 
 if TYPE_CHECKING:
     from worker.agent.reporter import TaskReporter
@@ -200,7 +201,7 @@ class StatusSender:
                 sender = self._senders.get(queue)
                 if sender is None:
                     sender = self._senders[queue] = status_sender(self._client, queue)
-                messages = [report_message(item.status, len(live) - 1 - i) for i, item in enumerate(live)]
+                messages = report_messages([item.status for item in live])  # a task's statuses: one message
                 sender.send_messages(messages if len(messages) > 1 else messages[0])
                 if self.on_sent is not None:
                     self.on_sent()

@@ -32,7 +32,7 @@ from worker.execution.base import ExecutionDriver
 from worker.protocol import Activity, Presence, ProtocolError, Task, TaskState
 from worker.reconnect import run_with_reconnect
 from worker.servicebus import response_client, task_client, task_receiver
-from worker.wire import decode_message
+from worker.wire import decode_task_message
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Agent:
             receiver.abandon_message(message)
             return
         try:
-            task = decode_message(message, queue="tasks")
+            task = decode_task_message(message)
             assert isinstance(task, Task)
         except ProtocolError as exc:
             log.warning("dead-lettering message %s: %s: %s", message.message_id, exc.reason, exc.description)

@@ -56,7 +56,7 @@ class ProcessRecord(_Model):
     started: float  # its start time (psutil): a later process reusing the pid is not it
     ports: list[int] = Field(default_factory=list)
     pool: str | None = None  # agents: the pool they serve
-    state: str = "running"  # running | restarting | given_up (agents the stack stopped restarting)
+    state: str = "running"  # running | restarting | given_up (agents the stack stopped restarting) | retired
 
 
 class LocalProfile(_Model):

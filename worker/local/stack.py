@@ -120,6 +120,7 @@ class LocalStack:
         self.service = None  # worker.site.server.SiteService: the same service as `pool site serve`
         self.admin: EmulatorAdmin | None = None
         self.agents: dict[str, list[AgentProcess]] = {}
+        self._retiring: list[AgentProcess] = []  # agents of retired pools, stopping
         self.profile: LocalProfile | None = None
         self._stopping = threading.Event()
 
@@ -166,8 +167,8 @@ class LocalStack:
             self.profile.site_url, self.profile.site_token = self.service.url, token
             with profile_lock(self.data_dir):
                 self.profile.save()
-            # Every pool known from an earlier run, plus the ones asked for (idempotent).
-            for name in sorted(set(self.competitions) | self._known_pools()):
+            # Every pool known from an earlier run (unless retired since), plus the ones asked for (idempotent).
+            for name in sorted(set(self.competitions) | (self._known_pools() - self._retired_pools())):
                 self.create_competition(name)
             self.sync_agents()
             self.wait_ready(timeout)
@@ -235,6 +236,17 @@ class LocalStack:
         os.chmod(path, 0o600)
         return key
 
+    def _retired_pools(self) -> set[str]:
+        """Pools retired on the site (``pool competition retire``): they keep no agents."""
+        from sqlalchemy import select
+
+        from worker.site.models import Pool
+
+        if self.site is None:
+            return set()
+        with self.site.read_sessions() as session:
+            return set(session.scalars(select(Pool.name).where(Pool.active.is_(False))))
+
     def _known_pools(self) -> set[str]:
         keys = self.data_dir / "keys"
         return {p.stem for p in keys.glob("*.yaml")} if keys.exists() else set()
@@ -294,11 +306,15 @@ class LocalStack:
             self.profile = update_profile(self.data_dir, change)
 
     def sync_agents(self) -> None:
-        """N agents for every pool (new pools created by `pool competition create` included)."""
+        """N agents for every pool (new pools created by `pool competition create` included), none for
+        a retired one: its agents are stopped (SIGTERM: each hands back or finishes its task and leaves)."""
         profile = load_profile(self.data_dir, require_running=False)
         self.profile = profile
+        retired = self._retired_pools()
+        for name in sorted(retired & set(self.agents)):
+            self._stop_agents_of(name)
         for name, info in profile.pools.items():
-            if self.agent_pools is not None and name not in self.agent_pools:
+            if (self.agent_pools is not None and name not in self.agent_pools) or name in retired:
                 continue
             agents = self.agents.setdefault(name, [])
             while len(agents) < self.workers:
@@ -306,6 +322,18 @@ class LocalStack:
                 self.start_agent(agent)
                 agents.append(agent)
                 self.say(f"agent {agent.worker_id} started (pid {agent.process.pid})")  # type: ignore[union-attr]
+
+    def _stop_agents_of(self, pool: str) -> None:
+        agents = self.agents.pop(pool)
+        for agent in agents:
+            if agent.alive:
+                try:
+                    os.killpg(agent.process.pid, 15)  # type: ignore[union-attr]
+                except ProcessLookupError:
+                    pass
+            self._record_agent(agent, "retired")
+        self._retiring += agents  # reaped as they exit; stop() waits for the rest
+        self.say(f"pool {pool} retired: its {len(agents)} agent(s) are stopping")
 
     def restart_dead_agents(self) -> list[str]:
         """Restart agents that died: at once if they had been ready, else after a doubling pause;
@@ -381,6 +409,7 @@ class LocalStack:
                 before = {n: len(a) for n, a in self.agents.items()}
                 self.sync_agents()
                 self.restart_dead_agents()
+                self._retiring = [a for a in self._retiring if a.alive]  # reaped
                 if {n: len(a) for n, a in self.agents.items()} != before:
                     self.wait_ready(60)
                     self.say("ready (new pool)")
@@ -389,7 +418,7 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stopping.set()
-        agents = [a for group in self.agents.values() for a in group]
+        agents = [*(a for group in self.agents.values() for a in group), *self._retiring]
         for agent in agents:  # SIGTERM all first: they finish or hand back their task in parallel
             if agent.alive:
                 try:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from worker.errors import PoolError
 from worker.site.db import transaction
@@ -55,15 +56,20 @@ def start_create(site: Site, replica: str, name: str, config: Mapping[str, Any],
     """Validate, record the operation (``provisioning``) and start its thread; returns its view."""
     validate(name, config)
     operation_id = secrets.token_hex(8)
-    with transaction(site.sessions) as session:
-        running = session.scalars(select(PoolOperation).where(
-            PoolOperation.pool == name, PoolOperation.state == PROVISIONING)).all()
-        for other in running:
-            if not _expire_if_stale(other, utcnow()):
-                raise Busy(f"pool {name!r} is already being provisioned (operation {other.id}, since "
-                           f"{other.started_at.isoformat()})")
-        session.add(PoolOperation(id=operation_id, pool=name, kind="azure_create", state=PROVISIONING,
-                                  stack=stack or name, replica=replica, requested_by=requested_by))
+    try:
+        with transaction(site.sessions) as session:
+            running = session.scalars(select(PoolOperation).where(
+                PoolOperation.pool == name, PoolOperation.state == PROVISIONING)).all()
+            for other in running:
+                if not _expire_if_stale(other, utcnow()):
+                    raise Busy(f"pool {name!r} is already being provisioned (operation {other.id}, since "
+                               f"{other.started_at.isoformat()})")
+            session.flush()  # a stale record leaves ``provisioning`` before the new one enters it
+            session.add(PoolOperation(id=operation_id, pool=name, kind="azure_create", state=PROVISIONING,
+                                      stack=stack or name, replica=replica, requested_by=requested_by))
+    except IntegrityError:  # another replica's create of this pool committed first (the unique index)
+        raise Busy(f"pool {name!r} is already being provisioned (a create started at the same time on "
+                   f"another site replica)") from None
     thread = threading.Thread(target=run_create, args=(site, operation_id, name, dict(config), stack),
                               name=f"azure-create-{name}", daemon=True)
     thread.start()

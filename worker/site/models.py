@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -273,3 +274,9 @@ class PoolOperation(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # One deployment of a pool at a time, even when two replicas accept a create at the same moment
+    # (both pass the API's check before either commits; the database refuses the second insert).
+    __table_args__ = (Index("ux_pool_operations_provisioning", "pool", unique=True,
+                            sqlite_where=text("state = 'provisioning'"),
+                            postgresql_where=text("state = 'provisioning'")),)

@@ -43,7 +43,7 @@ from worker.site.models import Pool, Worker, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.queries import is_live
 from worker.site.queues import SiteQueues
-from worker.wire import batch_rest, decode_message, message_kind
+from worker.wire import batch_rest, decode_reports, message_kind
 
 log = logging.getLogger(__name__)
 
@@ -294,43 +294,51 @@ class Watcher:
     def handle(self, receiver: ServiceBusReceiver, messages: list[ServiceBusReceivedMessage],
                pool: str | None = None) -> None:
         """Apply a batch in ONE transaction, then settle each message. ``pool``: whose response queue
-        the batch came from (the pool a presence report's worker belongs to)."""
-        statuses: list[tuple[ServiceBusReceivedMessage, protocol.Status | protocol.Presence]] = []
+        the batch came from (the pool a presence report's worker belongs to). A message may carry
+        several statuses of one task attempt (``statuses``): it is settled as a whole — completed when
+        none was refused, else dead-lettered with the first refusal's reason."""
+        decoded: list[tuple[ServiceBusReceivedMessage, list[protocol.Status] | list[protocol.Presence]]] = []
         for message in messages:
             try:
-                report = decode_message(message)
-                assert isinstance(report, (protocol.Status, protocol.Presence))
-                statuses.append((message, report))
+                decoded.append((message, decode_reports(message)))
             except protocol.ProtocolError as exc:
                 log.warning("dead-lettering malformed %s %s: %s", message_kind(message)[:100], message.message_id, exc)
                 receiver.dead_letter_message(message, reason=exc.reason, error_description=exc.description[:1024])
                 self._count(dead_lettered=1)
+        reports = [report for _, carried in decoded for report in carried]
 
         def work(session: Session) -> tuple[list[Outcome], bool, bool]:
             locked: dict[str, TaskRow | None] = {}
             outcomes = [apply_presence(session, report, pool) if isinstance(report, protocol.Presence)
-                        else apply_status(session, report, locked=locked, pool=pool) for _, report in statuses]
+                        else apply_status(session, report, locked=locked, pool=pool) for report in reports]
             # A slot freed lets a waiting task in: whether one waits is read here, in this transaction,
             # not in one of its own after the commit (most batches find none).
-            ended = any(_frees_slot(report, outcome) for (_, report), outcome in zip(statuses, outcomes, strict=True))
+            ended = any(_frees_slot(report, outcome) for report, outcome in zip(reports, outcomes, strict=True))
             return outcomes, ended, ended and pool is not None and admission.has_waiting(session, pool)  # type: ignore[arg-type]
 
-        outcomes, ended, waiting = retrying(self.sessions, work) if statuses else ([], False, False)
+        outcomes, ended, waiting = retrying(self.sessions, work) if reports else ([], False, False)
         # Committed: only now may a message be settled (a crash before this point redelivers it).
         freed: set[str] = {pool} if waiting and pool is not None else set()
         retried: list[str] = []
-        for (message, status), outcome in zip(statuses, outcomes, strict=True):
-            if outcome in REFUSED:
-                description = _refusal(outcome, status, pool)
+        results = iter(zip(reports, outcomes, strict=True))
+        for message, carried in decoded:
+            applied = [next(results) for _ in carried]
+            retried += [report.task_id for report, outcome in applied  # type: ignore[union-attr]
+                        if outcome is Outcome.RETRIED]
+            refused = next(((report, outcome) for report, outcome in applied if outcome in REFUSED), None)
+            if refused is not None:
+                report, outcome = refused
+                description = _refusal(outcome, report, pool)
+                if len(applied) > 1:
+                    description += (f" ({sum(o in APPLIED for _, o in applied)} of the message's {len(applied)} "
+                                    f"statuses applied)")
                 log.warning("dead-lettering %s %s: %s", REFUSED[outcome], message.message_id, description)
                 receiver.dead_letter_message(message, reason=REFUSED[outcome], error_description=description[:1024])
-                self._count(received=1, dead_lettered=1, wrong_pool=int(outcome is Outcome.WRONG_POOL))
+                self._count(received=len(applied), dead_lettered=1, wrong_pool=int(outcome is Outcome.WRONG_POOL))
                 continue
             receiver.complete_message(message)
-            applied = outcome in APPLIED
-            self._count(received=1, applied=int(applied), ignored=int(not applied))
-            if outcome is Outcome.RETRIED:
-                retried.append(status.task_id)  # type: ignore[union-attr]
+            taken = sum(outcome in APPLIED for _, outcome in applied)
+            self._count(received=len(applied), applied=taken, ignored=len(applied) - taken)
         if self.after_commit is not None and (ended or retried):
             try:
                 self.after_commit(ended, freed, retried)
