@@ -26,7 +26,10 @@ def test_a_read_session_reads_while_a_writer_holds_the_lock(tmp_path):
     engine = make_engine(sqlite_url(tmp_path / "site.db"))
     migrate(engine)
     statements: list[str] = []
-    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_a: statements.append(statement))
+    # What reaches SQLite itself (the site emits BEGIN straight to the driver, not through SQLAlchemy's
+    # cursor): traced on every connection opened from here on.
+    engine.dispose()
+    event.listen(engine, "connect", lambda dbapi_connection, _r: dbapi_connection.set_trace_callback(statements.append))
     writes, reads = make_sessionmaker(engine), make_read_sessionmaker(engine)
     try:
         with writes() as writer, writer.begin():

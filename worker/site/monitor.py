@@ -25,13 +25,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from azure.servicebus import ServiceBusReceiveMode, ServiceBusReceiver, ServiceBusSubQueue
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.reconnect import run_with_reconnect
 from worker.site import admission, failures, transitions
 from worker.site.db import retrying
-from worker.site.models import ACTIVE, DeadLetter, Pool, SiteState, utcnow
+from worker.site.models import ACTIVE, DeadLetter, Pool, SiteState, UTCDateTime, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.pools import list_pools
 from worker.site.producer import Producer, SubmitError
@@ -41,6 +41,20 @@ from worker.wire import task_ref
 log = logging.getLogger(__name__)
 
 DepthProbe = Callable[[Pool], tuple[int, int] | None]  # pool -> (active messages, dead letters)
+
+
+# The tick's statements, built once (it runs every second, mostly finding nothing). The scans read
+# through read-only sessions: each task found is re-checked in its own write transaction.
+_UNSENT = select(TaskRow.id).join(Pool, Pool.name == TaskRow.pool).where(
+    TaskRow.state == SiteState.QUEUED.value, TaskRow.sent_at.is_(None),
+    func.coalesce(TaskRow.not_before, TaskRow.created_at) < bindparam("b_cutoff", type_=UTCDateTime()),
+    Pool.active.is_(True))
+_SILENT = select(TaskRow.id).join(Pool, Pool.name == TaskRow.pool).where(
+    TaskRow.state.in_(ACTIVE), TaskRow.last_heard_at < bindparam("b_cutoff", type_=UTCDateTime()),
+    Pool.active.is_(True))
+_STORE_DEPTH = update(Pool).where(Pool.name == bindparam("b_name")).values(
+    queue_depth=bindparam("b_depth"), dead_letters=bindparam("b_dead"),
+    depth_checked_at=bindparam("b_at", type_=UTCDateTime()))
 
 
 class Monitor:
@@ -99,7 +113,7 @@ class Monitor:
     def tick(self, now: datetime | None = None) -> None:
         self.resend_unsent(now)
         self.handle_lost(now)
-        with self.sessions() as session:
+        with self.producer.read_sessions() as session:
             pools = list_pools(session)
         for name in set(self._dlq) - {pool.name for pool in pools}:  # retired: its link closes
             self._close_dlq(name)
@@ -126,11 +140,8 @@ class Monitor:
         """Queued tasks not sent ``resend_after_s`` after they became due (submitted, admitted, or a
         retry's scheduled time) — their first send failed, or the process died before it."""
         cutoff = (now or utcnow()) - timedelta(seconds=self.resend_after_s)
-        due = func.coalesce(TaskRow.not_before, TaskRow.created_at)
-        with self.sessions() as session:
-            ids = list(session.scalars(select(TaskRow.id).join(Pool, Pool.name == TaskRow.pool).where(
-                TaskRow.state == SiteState.QUEUED.value, TaskRow.sent_at.is_(None), due < cutoff,
-                Pool.active.is_(True))))
+        with self.producer.read_sessions() as session:
+            ids = list(session.scalars(_UNSENT, {"b_cutoff": cutoff}))
         sent = 0
         for task_id in ids:
             try:
@@ -143,9 +154,8 @@ class Monitor:
     def handle_lost(self, now: datetime | None = None) -> list[str]:
         now = now or utcnow()
         cutoff = now - timedelta(seconds=self.lost_after_s)
-        with self.sessions() as session:
-            ids = list(session.scalars(select(TaskRow.id).join(Pool, Pool.name == TaskRow.pool).where(
-                TaskRow.state.in_(ACTIVE), TaskRow.last_heard_at < cutoff, Pool.active.is_(True))))
+        with self.producer.read_sessions() as session:
+            ids = list(session.scalars(_SILENT, {"b_cutoff": cutoff}))
         handled = []
         for task_id in ids:
             old = retrying(self.sessions, lambda s, t=task_id: self._mark_lost(s, t, now, cutoff))
@@ -218,10 +228,8 @@ class Monitor:
             return None
 
         def store(session: Session) -> None:
-            row = session.get(Pool, pool.name)
-            if row is not None:
-                row.queue_depth, row.dead_letters = depth
-                row.depth_checked_at = utcnow()
+            session.connection().execute(_STORE_DEPTH, {"b_name": pool.name, "b_depth": depth[0],
+                                                        "b_dead": depth[1], "b_at": utcnow()})
 
         retrying(self.sessions, store)
         return depth

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from worker.config import competition_queues
 from worker.errors import PoolError
+from worker.site.db import get_by_key
 from worker.site.models import Pool
 
 
@@ -34,16 +35,22 @@ def register_pool(
     return pool
 
 
+_POOL = select(Pool).where(Pool.name == bindparam("b_key"))  # built once (every submit reads its pool)
+
+
 def get_pool(session: Session, name: str) -> Pool:
-    pool = session.get(Pool, name)
+    pool = get_by_key(session, _POOL, Pool, name)
     if pool is None or not pool.active:
         known = ", ".join(p.name for p in list_pools(session)) or "none"
         raise UnknownPool(f"no pool named {name!r} (pools: {known}); create it with `pool competition create {name}`")
     return pool
 
 
+_ACTIVE_POOLS = select(Pool).where(Pool.active.is_(True)).order_by(Pool.name)  # built once: read every second
+
+
 def list_pools(session: Session) -> list[Pool]:
-    return list(session.scalars(select(Pool).where(Pool.active.is_(True)).order_by(Pool.name)))
+    return list(session.scalars(_ACTIVE_POOLS))
 
 
 LIMIT_KEYS = ("max_in_flight", "max_in_flight_per_label", "retry_budget", "retry_backoff_s", "retry_backoff_max_s")

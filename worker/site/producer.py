@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
@@ -28,6 +29,15 @@ from worker.site.queues import SiteQueues
 from worker.storage import Storage, StoredBundle
 
 log = logging.getLogger(__name__)
+
+
+# One statement (built once) instead of loading the row into the session and flushing it: the same
+# conditions and the same version bump (optimistic concurrency) as the ORM's update would do.
+_MARK_SENT = (
+    update(TaskRow)
+    .where(TaskRow.id == bindparam("b_id"), TaskRow.sent_at.is_(None), TaskRow.attempt == bindparam("b_attempt"))
+    .values(sent_at=bindparam("b_sent_at", type_=TaskRow.__table__.c.sent_at.type), version=TaskRow.version + 1)
+)
 
 
 class SubmitError(PoolError, RuntimeError):
@@ -90,8 +100,9 @@ class Producer:
         )
         with transaction(self.sessions) as session:
             transitions.submit(session, row, waiting=waits)
-            session.flush()  # the row before its labels (foreign key)
-            session.add_all(TaskLabel(task_id=row.id, key=k, value=v) for k, v in submission.labels.items())
+            if submission.labels:
+                session.flush()  # the row before its labels (foreign key)
+                session.add_all(TaskLabel(task_id=row.id, key=k, value=v) for k, v in submission.labels.items())
         if waits:  # under the pool's limits: it goes when (and if) admission lets it in
             admission.admit_and_send(self.sessions, row.pool, self.send)
             with self.sessions() as session:
@@ -145,9 +156,8 @@ class Producer:
             raise SubmitError(f"task {task_id} is recorded but could not be sent yet: {exc}") from exc
 
         def mark_sent(session: Session) -> None:
-            row = session.get(TaskRow, task_id)
-            if row is not None and row.sent_at is None and row.attempt == message.attempt:
-                row.sent_at = utcnow()
+            session.connection().execute(_MARK_SENT, {"b_id": task_id, "b_attempt": message.attempt,
+                                                      "b_sent_at": utcnow()})
 
         retrying(self.sessions, mark_sent)
 

@@ -3,7 +3,8 @@
 Each function changes the task row and writes exactly ONE history row (:class:`TaskEvent`), and refuses
 (:class:`TaskFinished`) to change a task that already reached a final state: the callers decide *whether*
 a transition applies (stale or duplicate statuses, silent workers, dead letters), this module *how*. No
-other code writes ``TaskEvent`` rows.
+other code writes ``TaskEvent`` rows (inserted with one statement each, not through the session's
+unit of work).
 
 A lost task takes two transitions: :func:`lose` (the silent attempt, ``lost``), then :func:`retry` (a new
 attempt, ``queued``, after a back-off) or :func:`fail` (no retries left), so its history shows both steps.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy import insert, inspect
 from sqlalchemy.orm import Session
 
 from worker import protocol
@@ -38,13 +40,22 @@ def _open(row: TaskRow) -> None:
 Failure = tuple[str, str]  # (failure_class, failure_code), see worker.site.failures
 
 
+# History rows are only ever inserted, never read back in the transaction that writes them: one INSERT
+# on the session's connection instead of an object for the unit of work to flush (its share of a
+# flush cost more than the statement).
+_INSERT_EVENT = insert(TaskEvent)
+
+
 def _event(session: Session, row: TaskRow, state: SiteState | protocol.TaskState, now: datetime, *,
            reason: str | None, attempt: int | None = None, seq: int = -1, source: str = SITE,
            worker_id: str | None = None, reported_at: datetime | None = None, failure: Failure | None = None) -> None:
-    session.add(TaskEvent(task_id=row.id, attempt=row.attempt if attempt is None else attempt, seq=seq,
-                          state=state.value, source=source, worker_id=worker_id, reason=reason,
-                          failure_class=failure[0] if failure else None, failure_code=failure[1] if failure else None,
-                          reported_at=reported_at or now, recorded_at=now))
+    if inspect(row).pending:
+        session.flush()  # a new task's row before its first history row (foreign key)
+    session.connection().execute(_INSERT_EVENT, {
+        "task_id": row.id, "attempt": row.attempt if attempt is None else attempt, "seq": seq,
+        "state": state.value, "source": source, "worker_id": worker_id, "reason": reason,
+        "failure_class": failure[0] if failure else None, "failure_code": failure[1] if failure else None,
+        "reported_at": reported_at or now, "recorded_at": now})
 
 
 def _final(row: TaskRow, failure: Failure | None) -> None:

@@ -32,12 +32,13 @@ from datetime import datetime
 from enum import StrEnum
 
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode, ServiceBusReceiver
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import protocol
 from worker.reconnect import run_with_reconnect
 from worker.site import admission, failures, transitions
-from worker.site.db import retrying
+from worker.site.db import get_by_key, retrying
 from worker.site.models import Pool, Worker, utcnow
 from worker.site.models import Task as TaskRow
 from worker.site.queries import is_live
@@ -72,10 +73,14 @@ def _wrong_pool(session: Session, pool: str) -> Outcome:
     return Outcome.WRONG_POOL
 
 
-def _claimed_elsewhere(session: Session, worker_id: str, pool: str, now: datetime) -> bool:
+def _claimed_elsewhere(worker: Worker | None, pool: str, now: datetime) -> bool:
     """The worker is known, live and belongs to another pool (a stopped or silent one may move)."""
-    worker = session.get(Worker, worker_id)
     return worker is not None and worker.pool != pool and is_live(worker, now)
+
+
+# Built once: Session.get builds its select anew on every call, which cost more than the query.
+_TASK_FOR_UPDATE = select(TaskRow).where(TaskRow.id == bindparam("b_id")).with_for_update()
+_WORKER = select(Worker).where(Worker.id == bindparam("b_key"))
 
 
 def apply_status(session: Session, status: protocol.Status, now: datetime | None = None,
@@ -87,12 +92,16 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
     if locked is not None and status.task_id in locked:
         row = locked[status.task_id]
     else:
-        row = session.get(TaskRow, status.task_id, with_for_update=True)
+        with session.no_autoflush:  # a task row is never pending here: another task's changes wait for the commit
+            row = session.scalars(_TASK_FOR_UPDATE, {"b_id": status.task_id}).first()
         if locked is not None:
             locked[status.task_id] = row
     if row is None:
         return Outcome.UNKNOWN_TASK
-    if pool is not None and (row.pool != pool or _claimed_elsewhere(session, status.worker_id, pool, now)):
+    # Read once and kept: an unchanged row held by nobody leaves the session's (weak) identity map,
+    # and a second get would query again, flushing this task's changes first.
+    worker = get_by_key(session, _WORKER, Worker, status.worker_id)
+    if pool is not None and (row.pool != pool or _claimed_elsewhere(worker, pool, now)):
         return _wrong_pool(session, pool)
     if status.attempt != row.attempt:
         return Outcome.STALE_ATTEMPT
@@ -114,7 +123,7 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
     row.last_status_at = status.timestamp
     row.last_heard_at = now
     row.worker_id = status.worker_id
-    _touch_worker(session, row, status, now)
+    _touch_worker(session, worker, row, status, now)
     if status.state.value == row.state:
         return Outcome.HEARTBEAT
     code = failures.classify_status(status) if status.state.terminal else None
@@ -127,8 +136,8 @@ def apply_status(session: Session, status: protocol.Status, now: datetime | None
     return Outcome.APPLIED
 
 
-def _touch_worker(session: Session, row: TaskRow, status: protocol.Status, now: datetime) -> None:
-    worker = session.get(Worker, status.worker_id)
+def _touch_worker(session: Session, worker: Worker | None, row: TaskRow, status: protocol.Status,
+                  now: datetime) -> None:
     if worker is None:
         worker = Worker(id=status.worker_id, pool=row.pool, first_seen_at=now)
         session.add(worker)
