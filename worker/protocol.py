@@ -207,9 +207,11 @@ def encode(message: Task | Status | Presence) -> bytes:
     return data
 
 
-def encode_statuses(statuses: list[Status]) -> bytes:
-    """One task attempt's statuses as one body (a JSON array; :func:`decode_statuses` reads it)."""
-    data = b"[" + b",".join(status.model_dump_json().encode() for status in statuses) + b"]"
+def encode_statuses(statuses: list[Status], encoded: list[bytes] | None = None) -> bytes:
+    """One task attempt's statuses as one body (a JSON array; :func:`decode_statuses` reads it).
+    ``encoded``: each status's JSON, when the caller has already made it."""
+    parts = encoded if encoded is not None else [status.model_dump_json().encode() for status in statuses]
+    data = b"[" + b",".join(parts) + b"]"
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError("MessageTooLarge", f"message is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
     return data

@@ -94,11 +94,12 @@ def status_message(status: Status, rest: int = 0) -> ServiceBusMessage:
     )
 
 
-def statuses_message(statuses: list[Status], rest: int = 0) -> ServiceBusMessage:
-    """Several statuses of ONE task attempt, in sequence order, as one message."""
+def statuses_message(statuses: list[Status], rest: int = 0, encoded: list[bytes] | None = None) -> ServiceBusMessage:
+    """Several statuses of ONE task attempt, in sequence order, as one message (``encoded``: each
+    status's JSON, when already made)."""
     first, last = statuses[0], statuses[-1]
     return ServiceBusMessage(
-        encode_statuses(statuses),
+        encode_statuses(statuses, encoded),
         content_type=CONTENT_TYPE,
         subject=SUBJECT_STATUSES,
         message_id=f"{first.task_id}:{first.attempt}:{first.seq}-{last.seq}",
@@ -127,22 +128,23 @@ def report_messages(reports: list[Status | Presence]) -> list[ServiceBusMessage]
     """The messages that carry ``reports`` in order: consecutive statuses of one task attempt share
     one message (:func:`statuses_message`, up to :data:`GROUP_BYTES` of JSON), a lone status or a
     presence report is a message of its own; each says how many messages follow it (:data:`BATCH_REST`)."""
-    groups: list[list[Status | Presence]] = []
+    groups: list[tuple[list[Status | Presence], list[bytes]]] = []  # reports, and each status's JSON
     size = 0
     for report in reports:
-        last = groups[-1][-1] if groups else None
-        length = len(report.model_dump_json()) if isinstance(report, Status) else 0
-        if (isinstance(report, Status) and isinstance(last, Status) and size + length <= GROUP_BYTES
+        last = groups[-1][0][-1] if groups else None
+        encoded = report.model_dump_json().encode() if isinstance(report, Status) else b""
+        if (isinstance(report, Status) and isinstance(last, Status) and size + len(encoded) <= GROUP_BYTES
                 and (last.task_id, last.attempt) == (report.task_id, report.attempt) and report.seq > last.seq):
-            groups[-1].append(report)
-            size += length
+            groups[-1][0].append(report)
+            groups[-1][1].append(encoded)
+            size += len(encoded)
         else:
-            groups.append([report])
-            size = length
+            groups.append(([report], [encoded]))
+            size = len(encoded)
     rest = len(groups) - 1
     return [report_message(group[0], rest - i) if len(group) == 1
-            else statuses_message(group, rest - i)  # type: ignore[arg-type]
-            for i, group in enumerate(groups)]
+            else statuses_message(group, rest - i, encoded)  # type: ignore[arg-type]
+            for i, (group, encoded) in enumerate(groups)]
 
 
 # -- reading -----------------------------------------------------------------------------------------
