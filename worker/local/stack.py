@@ -326,11 +326,7 @@ class LocalStack:
     def _stop_agents_of(self, pool: str) -> None:
         agents = self.agents.pop(pool)
         for agent in agents:
-            if agent.alive:
-                try:
-                    os.killpg(agent.process.pid, 15)  # type: ignore[union-attr]
-                except ProcessLookupError:
-                    pass
+            _terminate(agent)
             self._record_agent(agent, "retired")
         self._retiring += agents  # reaped as they exit; stop() waits for the rest
         self.say(f"pool {pool} retired: its {len(agents)} agent(s) are stopping")
@@ -420,11 +416,7 @@ class LocalStack:
         self._stopping.set()
         agents = [*(a for group in self.agents.values() for a in group), *self._retiring]
         for agent in agents:  # SIGTERM all first: they finish or hand back their task in parallel
-            if agent.alive:
-                try:
-                    os.killpg(agent.process.pid, 15)  # type: ignore[union-attr]
-                except ProcessLookupError:
-                    pass
+            _terminate(agent)
         for agent in agents:
             if agent.process is not None:
                 stop_process_group(agent.process, timeout=20)
@@ -449,6 +441,15 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _terminate(agent: AgentProcess) -> None:
+    """SIGTERM a live agent's process group: it finishes or hands back its task, then leaves."""
+    if agent.alive:
+        try:
+            os.killpg(agent.process.pid, 15)  # type: ignore[union-attr]
+        except ProcessLookupError:
+            pass
 
 
 def local_site_config(profile: LocalProfile, token: str, port: int = 0):  # type: ignore[no-untyped-def]

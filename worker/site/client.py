@@ -127,10 +127,9 @@ def find_site(site: str | None, token: str | None, data_dir: str | Path) -> Site
 
 
 def local_agents(profile: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
-    """Per pool, the agents a local stack keeps (worker id, running | restarting | given_up; not those
-    of a retired pool), from its
-    profile's process records (worker.local.profile.ProcessRecord, read as plain YAML: no import of
-    the local stack here)."""
+    """Per pool, the agents a local stack keeps (worker id, running | restarting | given_up; none of a
+    retired pool), from its profile's process records (worker.local.profile.ProcessRecord, read as
+    plain YAML: no import of the local stack here)."""
     wanted: dict[str, list[tuple[str, str]]] = {}
     for name, rec in (profile.get("processes") or {}).items():
         if isinstance(rec, dict) and rec.get("role") == "agent" and rec.get("pool") and rec.get("state") != "retired":
