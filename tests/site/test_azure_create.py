@@ -31,6 +31,7 @@ from tests.fixtures.site_service import (
     deployed_outputs,
     serve,
     site_yaml,
+    stack_config,
     stop_served,
 )
 from tests.fixtures.waiting import wait_until
@@ -64,13 +65,6 @@ def no_pulumi(pulumi_bin: Path) -> Path:
 def api(served: Served, token: str | None = ADMIN_TOKEN) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=served.url, headers=headers, timeout=30)
-
-
-def stack_config(name: str) -> dict:
-    """The example stack file's config, for this competition."""
-    config = yaml.safe_load((REPO / "Pulumi.linux-pool.yaml.example").read_text())["config"]
-    config["pool:competition"] = name
-    return config
 
 
 def wait_done(client: httpx.Client, operation_id: str, timeout: float = 90) -> dict:

@@ -8,22 +8,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from pathlib import Path
 
-import yaml
 from sqlalchemy import func, select
 
+from tests.fixtures.site_service import stack_config
 from worker.site import azure_pools
 from worker.site.models import PoolOperation
 from worker.site.service import Site, SiteSettings
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def stack_config(name: str) -> dict:
-    config = yaml.safe_load((REPO / "Pulumi.linux-pool.yaml.example").read_text())["config"]
-    config["pool:competition"] = name
-    return config
 
 
 def provisioning(site: Site, name: str) -> int:
