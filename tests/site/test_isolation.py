@@ -33,27 +33,28 @@ class TwoPools:
         self.emulator, self.site, self.names = emulator, site, names
         self.clients: dict[str, ServiceBusClient] = {}
 
-    def send(self, pool: str, *reports: protocol.Status | protocol.Presence) -> None:
+    def _send(self, pool: str, messages: list[ServiceBusMessage]) -> None:
         """Through ``pool``'s response queue with ``pool``'s worker Send key (what its workers hold)."""
         _, responses = competition_queues(pool)
         client = self.clients.get(pool) or ServiceBusClient.from_connection_string(
             self.emulator.connection_string("worker", responses))
         self.clients[pool] = client
         with client.get_queue_sender(responses) as sender:
-            for report in reports:
-                subject = protocol.SUBJECT_PRESENCE if isinstance(report, protocol.Presence) else protocol.SUBJECT_STATUS
-                sender.send_messages(ServiceBusMessage(protocol.encode(report), subject=subject,
-                                                       message_id=uuid.uuid4().hex))
+            for message in messages:
+                sender.send_messages(message)
+
+    def send(self, pool: str, *reports: protocol.Status | protocol.Presence) -> None:
+        """Each report as a message of its own."""
+        self._send(pool, [ServiceBusMessage(protocol.encode(report), message_id=uuid.uuid4().hex, subject=(
+            protocol.SUBJECT_PRESENCE if isinstance(report, protocol.Presence) else protocol.SUBJECT_STATUS))
+            for report in reports])
 
     def send_batch(self, pool: str, *statuses: protocol.Status, body: bytes | None = None) -> None:
         """One ``statuses`` message, as an agent sends a task's coalesced statuses (``body``: forged)."""
         [message] = report_messages(list(statuses))
         if body is not None:
             message = ServiceBusMessage(body, subject=protocol.SUBJECT_STATUSES, message_id=uuid.uuid4().hex)
-        _, responses = competition_queues(pool)
-        with ServiceBusClient.from_connection_string(self.emulator.connection_string("worker", responses)) as client, \
-                client.get_queue_sender(responses) as sender:
-            sender.send_messages(message)
+        self._send(pool, [message])
 
     def task(self, task_id: str) -> Task:
         with self.site.sessions() as s:
