@@ -79,7 +79,8 @@ def test_dashboard_sign_in_submit_live_logs_cancel_rerun(browser, site_stack):
     assert "/login" in driver.current_url  # no cookie: the sign-in form
     driver.find_element(By.ID, "token").send_keys("not-the-token-at-all")
     driver.find_element(By.ID, "sign-in").click()
-    assert "unknown token" in text_of(driver, "error")
+    # the click returns before the form's answer has loaded: wait for the page that says why
+    assert "unknown token" in until(lambda: text_of(driver, "error"), what="the sign-in error")
     shot(driver, "login")
     driver.find_element(By.ID, "token").send_keys(site_stack.profile.site_token)
     driver.find_element(By.ID, "sign-in").click()
