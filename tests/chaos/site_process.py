@@ -14,7 +14,8 @@ from worker.site.service import Site
 
 def main(data_dir: str) -> None:
     profile = load_profile(data_dir, require_running=False)
-    site = Site(profile.site_settings())
+    # As `pool site serve` does: a restart that lands while PostgreSQL is in crash recovery waits for it.
+    site = Site(profile.site_settings().model_copy(update={"database_wait_s": 60.0}))
     site.start_background()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -33,8 +33,8 @@ from sqlalchemy.exc import OperationalError
 
 from tests.fixtures.azurite import require_azurite
 from tests.fixtures.local_stack import supervised
+from tests.fixtures.postgres import PgServer
 from worker.emulator.launcher import EmulatorProcess
-from worker.local.processes import free_port, wait_for_port
 from worker.local.stack import LocalStack
 from worker.site.models import TERMINAL, Task, TaskEvent
 from worker.site.producer import Submission, SubmitError
@@ -55,6 +55,7 @@ class SiteProcess:
         self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.killed = False
 
     def start(self) -> SiteProcess:
         log = open(self.data_dir / "logs" / "chaos-site.log", "ab")  # noqa: SIM115 - the child keeps it
@@ -64,9 +65,17 @@ class SiteProcess:
                                      env=env, start_new_session=True)
         log.close()
         self.starts += 1
+        self.killed = False
         return self
 
+    def died(self) -> str | None:
+        """The end of its log if it exited without being killed (a crash, not a fault of the chaos)."""
+        if self.proc is None or self.killed or self.proc.poll() is None:
+            return None
+        return (self.data_dir / "logs" / "chaos-site.log").read_text(errors="replace")[-3000:]
+
     def kill(self) -> None:
+        self.killed = True
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
@@ -158,57 +167,6 @@ class Chaos(threading.Thread):
         self.say("site restarted")
 
 
-class PgServer:
-    """A PostgreSQL server of this test's own (the session's is shared), that can be SIGKILLed."""
-
-    def __init__(self, root: Path) -> None:
-        from tests.fixtures.postgres import PG_BIN, _as_user
-
-        self.root, self.bin, self.as_user = root, PG_BIN, _as_user
-        self.user = "postgres" if os.geteuid() == 0 else None
-        self.data = root / "data"
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        if self.user:
-            shutil.chown(root, self.user)
-        subprocess.run(self.as_user([str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
-                                     "--auth=trust", "--no-sync", "-E", "UTF8"], self.user),
-                       check=True, capture_output=True)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> PgServer:
-        from tests.fixtures.postgres import _wait_until_accepting
-
-        # The postmaster is our own child (not runuser's): after a SIGKILL we reap it, so its pid in
-        # postmaster.pid is gone when it restarts (an unreaped zombie would make it refuse to start).
-        with open(self.root / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-                 "-k", str(self.root)], user=self.user, group=self.user,
-                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        try:
-            wait_for_port("127.0.0.1", self.port, 60, self.proc)
-            _wait_until_accepting(self.port, 60)
-        except Exception as exc:
-            log = (self.root / "server.log").read_text(errors="replace")[-3000:]
-            raise AssertionError(f"PostgreSQL did not come back: {exc}\n{log}") from exc
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        from worker.util.process_group import stop_process_group
-
-        if self.proc is not None:
-            stop_process_group(self.proc, timeout=10)
-
-
 def submit_surviving(client: Site, submission: Submission) -> bool:
     """Submit; False when recorded but not sent yet (the monitor sends it). A database that is
     restarting refuses it: try again until the task is recorded (the id makes that idempotent)."""
@@ -284,6 +242,7 @@ def run_chaos(tmp_path: Path, database: str, tasks_n: int, pg: PgServer | None, 
             deadline = time.monotonic() + 240
             while progress() < 1.0:
                 assert chaos.error is None, chaos.error
+                assert site_process.died() is None, f"the site process exited:\n{site_process.died()}"
                 assert time.monotonic() < deadline, f"not all final after 240 s: {progress():.1%} ({chaos.log})"
                 time.sleep(0.5)
             elapsed = time.monotonic() - started

@@ -128,6 +128,7 @@ class SiteConfig(_Strict):
     lost_after_s: float = Field(default=180.0, gt=0)
     resend_after_s: float = Field(default=5.0, gt=0)
     monitor_interval_s: float = Field(default=1.0, gt=0)
+    database_wait_s: float = Field(default=60.0, ge=0)  # a database still starting (or recovering) at start
     monitor_lease_s: float = Field(default=10.0, gt=0)  # replicas: a dead leader's monitor work moves after this
     sas_margin_s: float = Field(default=6 * 3600.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # JSON bodies

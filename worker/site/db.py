@@ -8,6 +8,7 @@ up, the watcher's transactions (WAL readers see the last committed state)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 READ_ONLY = "site_read_only"  # execution option: begin without taking SQLite's write lock
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -85,6 +87,29 @@ def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
     finally:
         if owned:
             engine.dispose()
+
+
+def when_reachable(work: Callable[[], T], wait_s: float, what: str = "database") -> T:
+    """``work()`` (it connects), again while the server refuses connections, for up to ``wait_s``
+    seconds: a service started with its database, or restarted while the database is in crash
+    recovery, waits for it instead of exiting. 0: one try."""
+    from tenacity import (
+        RetryCallState,
+        Retrying,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_exponential_jitter,
+    )
+
+    def say(state: RetryCallState) -> None:
+        log.warning("%s not reachable yet (%s); retrying", what, state.outcome.exception() if state.outcome else None)
+
+    for attempt in Retrying(retry=retry_if_exception_type(OperationalError), stop=stop_after_delay(wait_s),
+                            wait=wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.2),
+                            before_sleep=say, reraise=True):
+        with attempt:
+            return work()
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
 def get_by_key(session: Session, statement: Select[tuple[T]], entity: type[T], key: object) -> T | None:

@@ -54,7 +54,7 @@ class SiteService:
                                 storage_connection_string=c.storage.connection_string or "UseIdentity=true",
                                 servicebus_connection_string=c.servicebus.access, sas_margin_s=c.sas_margin_s,
                                 lost_after_s=c.lost_after_s, resend_after_s=c.resend_after_s,
-                                monitor_interval_s=c.monitor_interval_s)
+                                monitor_interval_s=c.monitor_interval_s, database_wait_s=c.database_wait_s)
         if c.storage.account_url:  # identity: user-delegation SAS (written for Azure, untested here)
             site = Site(settings, storage=Storage.from_identity(c.storage.account_url, sas_margin_s=c.sas_margin_s))
         else:

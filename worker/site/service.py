@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.site import admission
-from worker.site.db import make_engine, make_read_sessionmaker, make_sessionmaker, migrate
+from worker.site.db import make_engine, make_read_sessionmaker, make_sessionmaker, migrate, when_reachable
 from worker.site.finals import FinalStates
 from worker.site.monitor import DepthProbe, Monitor
 from worker.site.producer import Producer, SubmitError
@@ -34,6 +34,8 @@ class SiteSettings(BaseModel):
     lost_after_s: float = Field(default=180.0, gt=0)
     resend_after_s: float = Field(default=5.0, gt=0)
     monitor_interval_s: float = Field(default=1.0, gt=0)
+    # How long opening the site waits for a database that refuses connections (0: fail at once).
+    database_wait_s: float = Field(default=0.0, ge=0)
 
 
 class Site:
@@ -41,8 +43,12 @@ class Site:
         """``storage``: reached some other way than ``settings.storage_connection_string`` (an identity)."""
         self.settings = settings
         self.engine = make_engine(settings.database_url)
+        # A database server may still be starting or recovering; a SQLite file has no server to wait for.
+        wait_s = 0.0 if self.engine.dialect.name == "sqlite" else settings.database_wait_s
         if run_migrations:
-            migrate(self.engine)
+            when_reachable(lambda: migrate(self.engine), wait_s)
+        elif wait_s:
+            when_reachable(lambda: self.engine.connect().close(), wait_s)
         self.sessions = make_sessionmaker(self.engine)
         self.read_sessions = make_read_sessionmaker(self.engine)  # reads only: no write lock on SQLite
         self.storage = storage if storage is not None else Storage.from_connection_string(
