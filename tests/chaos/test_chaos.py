@@ -7,7 +7,7 @@ database server SIGKILLed and restarted once (crash recovery). Then: every task 
 is lost, no status was applied twice, and programs ran again only as the documented at-least-once
 delivery allows (a delivery cut short by a kill, or an infrastructure retry).
 
-``POOL_CHAOS_TASKS`` (default 1000) scales the SQLite run, ``POOL_CHAOS_PG_TASKS`` (default 300) the
+``POOL_CHAOS_TASKS`` (default 1000) scales the SQLite run, ``POOL_CHAOS_PG_TASKS`` (default 800) the
 PostgreSQL one; ``POOL_CHAOS_REPORT=path.json`` writes the
 figures (docs/reliability.md quotes them).
 """
@@ -42,7 +42,7 @@ from worker.site.service import Site
 
 pytestmark = pytest.mark.slow
 TASKS = {"sqlite": int(os.environ.get("POOL_CHAOS_TASKS", "1000")),
-         "postgres": int(os.environ.get("POOL_CHAOS_PG_TASKS", "300"))}
+         "postgres": int(os.environ.get("POOL_CHAOS_PG_TASKS", "800"))}
 WORKERS = 4
 POOL = "default"
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,8 +129,8 @@ class Chaos(threading.Thread):
             self.error = exc
 
     def kill_agent(self) -> None:
-        # Only agents up for 10 s: the stack gives up on an agent that keeps exiting right after a start.
-        candidates = [a for a in self.stack.agents[POOL] if a.alive and time.monotonic() - a.started_at > 10.5]
+        # Only agents that reached "ready": the stack gives up on one that keeps exiting before it.
+        candidates = [a for a in self.stack.agents[POOL] if a.alive and a.reached_ready()]
         if candidates:
             victim = self.random.choice(candidates)
             os.kill(victim.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
