@@ -157,6 +157,7 @@ def test_storage_unreachable_is_reported_as_an_infrastructure_failure(pool, fast
     # it after a back-off), the message is settled rather than redelivered at once.
     assert final.state is S.FAILED and final.failure == "storage_error" and final.exit_code is None
     assert "cannot read the control blob" in final.reason
+    assert "sig=" not in final.reason and "?" not in final.reason  # the blob is named, its SAS is not
     statuses = pool.collector.of(task.task_id)
     assert states(statuses) == [S.RECEIVED, S.PREPARING, S.FAILED]  # one delivery
     assert pool.task_messages(wait=1) == []

@@ -11,8 +11,11 @@ import os
 import sys
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import parse_qs, urlsplit
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+import requests
+import urllib3
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ServiceRequestError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, ContentSettings, ExponentialRetry
 
@@ -45,11 +48,11 @@ def _environment_proxies_or_netrc() -> bool:
 # walks over os.environ: a quarter of a HEAD's CPU). Where no proxy or netrc is set the session skips
 # that, and the CA bundle it would have found (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE) is given here.
 _USE_ENVIRONMENT = _environment_proxies_or_netrc()
-_TRANSPORT = RequestsTransport(
-    connection_timeout=5, read_timeout=60, use_env_settings=_USE_ENVIRONMENT,
-    connection_verify=True if _USE_ENVIRONMENT else (
-        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True),
-)
+_VERIFY: bool | str = True if _USE_ENVIRONMENT else (
+    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True)
+_TIMEOUT = (5, 60)  # connect, read (s)
+_TRANSPORT = RequestsTransport(connection_timeout=_TIMEOUT[0], read_timeout=_TIMEOUT[1],
+                               use_env_settings=_USE_ENVIRONMENT, connection_verify=_VERIFY)
 _TRANSPORT.open()  # now, not lazily from several threads at once
 
 
@@ -121,17 +124,72 @@ def upload_file(url: str, path: Path) -> None:
 def read_control(url: str) -> ControlSignal | None:
     """The site's control signal for this task, or None ("carry on"). Raises AzureError on failure.
 
-    A HEAD first: the usual answer is "no such blob", which a HEAD gives for less than a download."""
-    blob = client(url)
-    try:
-        if blob.get_blob_properties().size == 0:
-            return None
-        body = blob.download_blob().readall()
-    except ResourceNotFoundError:
+    A HEAD first: the usual answer is "no such blob", which a HEAD gives for less than a download.
+    Read once before every task and every few seconds while one runs, so it is a plain request on the
+    agent's pooled session (:func:`_request`): a BlobClient's construction and policy pipeline cost
+    about four times the request itself."""
+    head = _request("HEAD", url)
+    if head.status_code == 404:  # no signal (the blob, or its container, does not exist)
         return None
-    if not body.strip():
+    if head.status_code != 200:
+        raise _refused(head, url)
+    if int(head.headers.get("Content-Length") or 0) == 0:
+        return None
+    body = _request("GET", url)
+    if body.status_code == 404:  # removed in between
+        return None
+    if body.status_code != 200:
+        raise _refused(body, url)
+    if not body.content.strip():
         return None
     try:
-        return ControlSignal.model_validate(json.loads(body))
+        return ControlSignal.model_validate(json.loads(body.content))
     except ValueError:  # unreadable: honour the site's evident intent to stop the task
         return ControlSignal(reason="cancelled (unreadable control blob)")
+
+
+class _Transient(Exception):
+    """A response worth another try (as the SDK's retry policy would retry it)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+
+
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# azure-core's session has urllib3's retries off, so urllib3's own errors reach us unwrapped too.
+_UNREACHABLE = (requests.RequestException, urllib3.exceptions.HTTPError)
+
+
+def _request(method: str, url: str) -> requests.Response:
+    """``method`` on a blob's SAS URL through the shared session, retried like the SDK clients
+    (``RETRY``) on connection errors and transient statuses. Errors name the blob without its SAS."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+
+    # With a SAS the service version is the signature's own (`sv`), as the SDK would send it.
+    version = parse_qs(urlsplit(url).query).get("sv", [None])[0]
+    headers = {"x-ms-version": version} if version else {}
+    retrying = Retrying(
+        stop=stop_after_attempt(int(RETRY["retry_total"]) + 1),
+        wait=wait_exponential(multiplier=RETRY["initial_backoff"], exp_base=RETRY["increment_base"])
+        + wait_random(0, RETRY["random_jitter_range"]),
+        retry=retry_if_exception_type((_Transient, *_UNREACHABLE)), reraise=True)
+    try:
+        for attempt in retrying:
+            with attempt:
+                response = _TRANSPORT.session.request(method, url, headers=headers, timeout=_TIMEOUT,
+                                                      verify=_VERIFY)
+                if response.status_code in _TRANSIENT_STATUS:
+                    raise _Transient(response)
+                return response
+    except _Transient as exc:
+        return exc.response
+    except _UNREACHABLE as exc:  # its text holds the URL, SAS and all: not passed on
+        raise ServiceRequestError(f"cannot reach {describe(url)}: {type(exc).__name__}") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+
+def _refused(response: requests.Response, url: str) -> HttpResponseError:
+    code = response.headers.get("x-ms-error-code", "")
+    error = HttpResponseError(message=f"{describe(url)}: HTTP {response.status_code} {response.reason} {code}".rstrip())
+    error.status_code = response.status_code
+    return error
