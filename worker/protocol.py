@@ -201,7 +201,11 @@ Message = Task | Status | Presence
 
 
 def encode(message: Task | Status | Presence) -> bytes:
-    data = message.model_dump_json().encode()
+    return within_limit(message.model_dump_json().encode())
+
+
+def within_limit(data: bytes) -> bytes:
+    """A message body, if it fits in a message (else MessageTooLarge)."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError("MessageTooLarge", f"message is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
     return data

@@ -43,6 +43,7 @@ from worker.protocol import (
     encode,
     encode_statuses,
     task_message_id,
+    within_limit,
 )
 
 __all__ = [
@@ -82,11 +83,12 @@ def task_message(task: Task, scheduled_at: datetime | None = None) -> ServiceBus
                              subject=task.task_type.value, scheduled_enqueue_time_utc=scheduled_at)
 
 
-def status_message(status: Status, rest: int = 0) -> ServiceBusMessage:
+def status_message(status: Status, rest: int = 0, encoded: bytes | None = None) -> ServiceBusMessage:
     """``rest``: how many messages of the same batch follow this one (a hint that lets the site's
-    watcher take the whole batch into one transaction instead of waiting to learn of them)."""
+    watcher take the whole batch into one transaction instead of waiting to learn of them);
+    ``encoded``: the status's JSON, when already made."""
     return ServiceBusMessage(
-        encode(status),
+        encode(status) if encoded is None else within_limit(encoded),
         content_type=CONTENT_TYPE,
         subject=SUBJECT_STATUS,
         message_id=f"{status.task_id}:{status.attempt}:{status.seq}",
@@ -142,7 +144,8 @@ def report_messages(reports: list[Status | Presence]) -> list[ServiceBusMessage]
             groups.append(([report], [encoded]))
             size = len(encoded)
     rest = len(groups) - 1
-    return [report_message(group[0], rest - i) if len(group) == 1
+    return [presence_message(group[0], rest - i) if isinstance(group[0], Presence)
+            else status_message(group[0], rest - i, encoded[0]) if len(group) == 1
             else statuses_message(group, rest - i, encoded)  # type: ignore[arg-type]
             for i, (group, encoded) in enumerate(groups)]
 
