@@ -66,7 +66,18 @@ def test_log_sas_can_append_but_not_read_or_touch_other_blobs(store, competition
     assert _status(denied) == 403
 
 
-def test_control_sas_is_read_only_and_reports_cancellation(store, competition):
+@pytest.fixture(params=["urllib3 pool", "requests session"])
+def control_path(request, monkeypatch):
+    """read_control's two ways to the blob: urllib3's pool, or (where the environment sets a proxy or
+    netrc, which requests honours) the agent's requests session."""
+    if request.param == "requests session":
+        monkeypatch.setattr(blobs, "_CONTROL_POOL", None)
+    else:
+        assert blobs._CONTROL_POOL is not None  # no proxy or netrc in the test environment
+    return request.param
+
+
+def test_control_sas_is_read_only_and_reports_cancellation(store, competition, control_path):
     store.ensure_competition(competition)
     urls = store.task_urls(competition, "t1", 2, time_limit_s=60)
     assert blobs.read_control(urls.control_url) is None
@@ -78,6 +89,11 @@ def test_control_sas_is_read_only_and_reports_cancellation(store, competition):
     assert _status(denied) == 403
     # Attempt 1's control blob is untouched by attempt 2's cancellation.
     assert blobs.read_control(store.task_urls(competition, "t1", 1, 60).control_url) is None
+    # A signature for another blob is refused with the service's answer, the SAS left out.
+    forged = urls.control_url.replace("/t1/2/", "/t1/3/")
+    with pytest.raises(HttpResponseError) as refused:
+        blobs.read_control(forged)
+    assert _status(refused) == 403 and "sig=" not in str(refused.value) and "HTTP 403" in str(refused.value)
 
 
 def test_output_sas_can_write_but_not_read(store, competition, tmp_path):
