@@ -23,6 +23,9 @@ def run(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(available())}", file=sys.stderr)
         return 2
+    from benchmarks._machine import describe
+
+    print(describe(), flush=True)
     for name in names:
         print(f"\n=== benchmark: {name} ===", flush=True)
         importlib.import_module(f"benchmarks.{name}").main(options)
