@@ -61,10 +61,17 @@ _TRANSPORT.open()  # now, not lazily from several threads at once
 # Same timeouts and CA bundle as the session; no retries of urllib3's own (errors would echo the SAS
 # URL; :func:`_request` retries). Where requests would take a proxy or netrc from the environment,
 # the session is used instead.
+def _ca_settings(verify: bool | str) -> dict[str, str]:
+    """urllib3's CA options for requests' ``verify``: a bundle file or a directory of certificates, as
+    requests' adapter reads it; ``True`` is requests' default bundle (certifi)."""
+    if not isinstance(verify, str):
+        return {"ca_certs": requests.utils.DEFAULT_CA_BUNDLE_PATH}
+    return {"ca_cert_dir": verify} if os.path.isdir(verify) else {"ca_certs": verify}
+
+
 _CONTROL_POOL = None if _USE_ENVIRONMENT else urllib3.PoolManager(
     timeout=urllib3.Timeout(connect=_TIMEOUT[0], read=_TIMEOUT[1]), retries=False, cert_reqs="CERT_REQUIRED",
-    **({"ca_cert_dir": _VERIFY} if isinstance(_VERIFY, str) and os.path.isdir(_VERIFY)
-       else {"ca_certs": _VERIFY if isinstance(_VERIFY, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH}))
+    **_ca_settings(_VERIFY))
 
 
 def client(url: str) -> BlobClient:
