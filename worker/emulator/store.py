@@ -48,13 +48,13 @@ CREATE TABLE IF NOT EXISTS messages (
     annotations BLOB,               -- the client's message-annotations section, encoded
     bare BLOB NOT NULL,             -- properties .. footer exactly as sent (plus dead-letter reason)
     PRIMARY KEY (queue, seq)
-);
+) WITHOUT ROWID;                    -- rows live in the key's B-tree: a commit writes one page, not two
 CREATE TABLE IF NOT EXISTS dedup (
     queue TEXT NOT NULL,
     message_id TEXT NOT NULL,
     expires_ms INTEGER NOT NULL,
     PRIMARY KEY (queue, message_id)
-);
+) WITHOUT ROWID;
 """
 
 
@@ -83,6 +83,9 @@ class Store:
         self._lock = StoreLock(path.parent).acquire()  # a second broker on this store refuses to start
         # isolation_level=None: we issue BEGIN/COMMIT ourselves to batch writes.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Held exclusively (the store lock above already keeps other brokers out): no file-lock calls
+        # per transaction and the WAL index in memory instead of a shared-memory file (~10 % of a commit's CPU).
+        self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(SCHEMA)
