@@ -18,6 +18,7 @@ CPU-bound run's time goes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -34,6 +35,7 @@ from typing import Self
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._perf import FREQUENCY, KERNEL_PARTS, CpuBreakdown, PerfRecord, available
 from worker.local.processes import free_port
 from worker.util.process_group import stop_process_group
 
@@ -120,10 +122,11 @@ class Throughput:
     broker_cpu_ms: float  # per message
     client_cpu_ms: float  # per message, all 8 client processes together
     broker_sys_ms: float = 0.0  # the kernel's part of broker_cpu_ms (socket writes, fsync)
+    breakdown: CpuBreakdown | None = None  # --perf: where the broker's CPU went
 
 
 def throughput(sender: Callable, receiver: Callable, conn: str, total: int, broker_pids: Callable[[], list[int]],
-               workers: int = 4) -> Throughput:
+               workers: int = 4, perf: bool = False) -> Throughput:
     ctx = mp.get_context("fork")
     start = ctx.Event()
     done = ctx.Value("i", 0)
@@ -136,14 +139,15 @@ def throughput(sender: Callable, receiver: Callable, conn: str, total: int, brok
         p.start()
     time.sleep(3)  # every client connected and attached before the clock starts
     pids = broker_pids()
-    cpu0 = _cpu_seconds(pids)
-    t0 = time.perf_counter()
-    start.set()
-    deadline = time.monotonic() + 300
-    while done.value < total and time.monotonic() < deadline:
-        time.sleep(0.005)
-    elapsed = time.perf_counter() - t0
-    user1, sys1 = _cpu_seconds(pids)
+    with PerfRecord(pids) if perf else contextlib.nullcontext() as recording:
+        cpu0 = _cpu_seconds(pids)
+        t0 = time.perf_counter()
+        start.set()
+        deadline = time.monotonic() + 300
+        while done.value < total and time.monotonic() < deadline:
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+        user1, sys1 = _cpu_seconds(pids)
     broker_cpu, broker_sys = user1 + sys1 - sum(cpu0), sys1 - cpu0[1]
     for p in procs:
         p.join(10)
@@ -152,7 +156,7 @@ def throughput(sender: Callable, receiver: Callable, conn: str, total: int, brok
     if done.value < total:
         raise RuntimeError(f"only {done.value}/{total} messages moved within the deadline")
     return Throughput(total / elapsed, broker_cpu * 1000 / total, client_cpu.value * 1000 / total,
-                      broker_sys * 1000 / total)
+                      broker_sys * 1000 / total, recording.breakdown if recording else None)
 
 
 # -- RabbitMQ ---------------------------------------------------------------------------------------
@@ -300,7 +304,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--no-rabbitmq", action="store_true", help="skip the RabbitMQ comparison")
     parser.add_argument("--durability", choices=["full", "normal"], default="full",
                         help="the emulator's SQLite synchronous mode (default full: fsync per commit)")
+    parser.add_argument("--perf", action="store_true",
+                        help="sample the brokers with Linux perf during the throughput run and print where their "
+                             "CPU went: runtime (interpreter/VM), kernel (fsync, sockets, ...), native libraries")
     args = parser.parse_args(argv)
+    if args.perf and not available():
+        parser.error("--perf needs Linux perf (Debian: apt install linux-perf)")
 
     from tests.fixtures.emulator import write_emulator_config
     from worker.emulator.launcher import EmulatorProcess
@@ -317,7 +326,8 @@ def main(argv: list[str]) -> None:
             lat = emulator_latency(emu.connection_string(), args.latency_runs)
             assert emu.proc is not None
             pid = emu.proc.pid
-            tput = throughput(_sb_sender, _sb_receiver, emu.connection_string(), args.messages, lambda: [pid])
+            tput = throughput(_sb_sender, _sb_receiver, emu.connection_string(), args.messages, lambda: [pid],
+                              perf=args.perf)
             rows.append(("emulator (azure-servicebus SDK)", lat, tput))
         finally:
             emu.stop()
@@ -325,7 +335,8 @@ def main(argv: list[str]) -> None:
             console.print("starting rabbitmq-server ...")
             with RabbitMQ(root / "rabbitmq") as rmq:
                 lat = rabbitmq_latency(rmq.port, args.latency_runs)
-                tput = throughput(_rmq_sender, _rmq_receiver, str(rmq.port), args.messages, rmq.pids)
+                tput = throughput(_rmq_sender, _rmq_receiver, str(rmq.port), args.messages, rmq.pids,
+                                  perf=args.perf)
                 rows.append(("RabbitMQ 3 (pika, confirms, persistent)", lat, tput))
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -347,3 +358,23 @@ def main(argv: list[str]) -> None:
     if base:
         checks.append(f"{emu_tput.msg_per_s / base:.2f}x RabbitMQ (goal >= {RATIO_GOAL})")
     console.print("emulator: " + "; ".join(checks))
+    if args.perf:
+        console.print(_perf_table(rows))
+
+
+def _perf_table(rows: list[tuple[str, list[float], Throughput]]) -> Table:
+    """The broker's CPU per message split by perf; "outside the runtime" is what would remain if the
+    interpreter (or VM) cost nothing: a floor for any rewrite of the code it runs."""
+    table = Table(title=f"where the broker's CPU per message went (perf, {FREQUENCY} Hz, throughput run)")
+    for col in ("broker", "CPU ms/msg", "runtime", "kernel", "of it: fsync / send / receive / file writes / poll",
+                "native libraries (top)", "outside the runtime ms/msg"):
+        table.add_column(col, justify="left" if col in ("broker", "native libraries (top)") else "right")
+    for name, _, tput in rows:
+        b = tput.breakdown
+        if b is None:
+            continue
+        parts = " / ".join(f"{100 * b.kernel_parts[k]:.0f}%" for k in KERNEL_PARTS)
+        natives = ", ".join(f"{dso} {100 * share:.0f}%" for dso, share in b.top_native)
+        table.add_row(name, f"{tput.broker_cpu_ms:.3f}", f"{100 * b.runtime:.0f}%", f"{100 * b.kernel:.0f}%", parts,
+                      f"{100 * b.native:.0f}%: {natives}", f"{b.outside_runtime * tput.broker_cpu_ms:.3f}")
+    return table
