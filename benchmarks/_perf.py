@@ -135,7 +135,7 @@ def analyse(data: Path) -> CpuBreakdown:
             runtime += share
         else:
             native += share
-            if dso.strip():
+            if _short(dso) and share >= 0.005:
                 natives.append((_short(dso), share))
     parts = dict.fromkeys(KERNEL_PARTS, 0.0)
     wanted = {sym: name for name, sym in KERNEL_PARTS.items()}
