@@ -71,6 +71,7 @@ class PerfRecord:
         self.data = self._dir / "perf.data"
         self._proc: subprocess.Popen | None = None
         self.breakdown: CpuBreakdown | None = None
+        self.error: str | None = None
 
     def __enter__(self) -> Self:
         cmd = ["perf", "record", "-q", "-F", str(FREQUENCY), "-g", "-o", str(self.data),
@@ -95,6 +96,8 @@ class PerfRecord:
         try:
             if exc[0] is None:
                 self.breakdown = analyse(self.data)
+        except subprocess.CalledProcessError as err:  # a damaged or empty data file: no split, the run stands
+            self.error = f"perf report failed: {(err.stderr or '').strip()[-200:]}"
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -35,7 +35,7 @@ from typing import Self
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._perf import FREQUENCY, KERNEL_PARTS, CpuBreakdown, PerfRecord, available
+from benchmarks._perf import FREQUENCY, KERNEL_PARTS, CpuBreakdown, PerfRecord, PerfUnavailable, available
 from worker.local.processes import free_port
 from worker.util.process_group import stop_process_group
 
@@ -139,7 +139,13 @@ def throughput(sender: Callable, receiver: Callable, conn: str, total: int, brok
         p.start()
     time.sleep(3)  # every client connected and attached before the clock starts
     pids = broker_pids()
-    with PerfRecord(pids) if perf else contextlib.nullcontext() as recording:
+    with contextlib.ExitStack() as stack:
+        recording = None
+        if perf:
+            try:
+                recording = stack.enter_context(PerfRecord(pids))
+            except PerfUnavailable as exc:
+                print(f"--perf: {exc}; this run goes on without it")
         cpu0 = _cpu_seconds(pids)
         t0 = time.perf_counter()
         start.set()
@@ -148,6 +154,8 @@ def throughput(sender: Callable, receiver: Callable, conn: str, total: int, brok
             time.sleep(0.005)
         elapsed = time.perf_counter() - t0
         user1, sys1 = _cpu_seconds(pids)
+    if recording is not None and recording.error:
+        print(f"--perf: {recording.error}")
     broker_cpu, broker_sys = user1 + sys1 - sum(cpu0), sys1 - cpu0[1]
     for p in procs:
         p.join(10)
