@@ -12,7 +12,9 @@ throughput run, per message; the kernel's part of the broker's share shown on it
 CPU-bound run's time goes.
 
     .venv/bin/python -m benchmarks emulator [--messages=N] [--latency-runs=N] [--no-rabbitmq]
-                                            [--durability=full|normal]
+                                            [--durability=full|normal] [--perf]
+
+--perf adds where each broker's CPU went (Linux perf): its runtime, the kernel, native libraries.
 """
 
 from __future__ import annotations
