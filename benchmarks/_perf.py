@@ -102,9 +102,12 @@ class PerfRecord:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _report(data: Path, *args: str) -> list[tuple[float, float | None, str]]:
+def _report(data: Path, *args: str) -> tuple[list[tuple[float, float | None, str]], int]:
+    """The rows (share, second share or None, key) of one ``perf report``, and its sample count."""
     out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none", *args],
                          capture_output=True, text=True, check=True).stdout
+    m = re.search(r"^# Samples: (\d+)(K?)", out, re.MULTILINE)
+    samples = 0 if m is None else int(m.group(1)) * (1000 if m.group(2) else 1)
     rows = []
     for line in out.splitlines():
         if line.startswith("#"):
@@ -112,14 +115,7 @@ def _report(data: Path, *args: str) -> list[tuple[float, float | None, str]]:
         m = _ROW.match(line)
         if m:
             rows.append((float(m.group(1)) / 100, float(m.group(2)) / 100 if m.group(2) else None, m.group(3)))
-    return rows
-
-
-def _samples(data: Path) -> int:
-    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso", "-g", "none"],
-                         capture_output=True, text=True, check=True).stdout
-    m = re.search(r"^# Samples: (\d+)(K?)", out, re.MULTILINE)
-    return 0 if m is None else int(m.group(1)) * (1000 if m.group(2) else 1)
+    return rows, samples
 
 
 def _short(dso: str) -> str:
@@ -131,19 +127,22 @@ def analyse(data: Path) -> CpuBreakdown:
     """Shares by shared object (self time), and the kernel's part by what it was doing (inclusive)."""
     runtime = kernel = native = 0.0
     natives: list[tuple[str, float]] = []
-    for share, _, dso in _report(data, "--no-children", "--sort", "dso"):
+    by_dso, samples = _report(data, "--no-children", "--sort", "dso")
+    for share, _, dso in by_dso:
         if dso.startswith("[kernel"):
             kernel += share
         elif _RUNTIME.match(dso):
             runtime += share
         else:
             native += share
-            if _short(dso) and share >= 0.005:
-                natives.append((_short(dso), share))
+            name = _short(dso)
+            if name and share >= 0.005:
+                natives.append((name, share))
     parts = dict.fromkeys(KERNEL_PARTS, 0.0)
     wanted = {sym: name for name, sym in KERNEL_PARTS.items()}
-    for children, _, sym in _report(data, "--children", "--sort", "sym"):
+    by_symbol, _ = _report(data, "--children", "--sort", "sym")
+    for children, _, sym in by_symbol:
         name = wanted.get(sym.removeprefix("[k] ").strip())
         if name is not None and sym.startswith("[k]"):
             parts[name] = max(parts[name], children)
-    return CpuBreakdown(runtime, kernel, native, parts, sorted(natives, key=lambda x: -x[1])[:3], _samples(data))
+    return CpuBreakdown(runtime, kernel, native, parts, sorted(natives, key=lambda x: -x[1])[:3], samples)
