@@ -56,11 +56,6 @@ _TRANSPORT = RequestsTransport(connection_timeout=_TIMEOUT[0], read_timeout=_TIM
                                use_env_settings=_USE_ENVIRONMENT, connection_verify=_VERIFY)
 _TRANSPORT.open()  # now, not lazily from several threads at once
 
-# The control blob is read before every task: through urllib3's pool directly, a HEAD costs about half
-# the CPU of the same request through requests (its request preparation, hooks and adapter layers).
-# Same timeouts and CA bundle as the session; no retries of urllib3's own (errors would echo the SAS
-# URL; :func:`_request` retries). Where requests would take a proxy or netrc from the environment,
-# the session is used instead.
 def _ca_settings(verify: bool | str) -> dict[str, str]:
     """urllib3's CA options for requests' ``verify``: a bundle file or a directory of certificates, as
     requests' adapter reads it; ``True`` is requests' default bundle (certifi)."""
@@ -69,6 +64,11 @@ def _ca_settings(verify: bool | str) -> dict[str, str]:
     return {"ca_cert_dir": verify} if os.path.isdir(verify) else {"ca_certs": verify}
 
 
+# The control blob is read before every task: through urllib3's pool directly, a HEAD costs about half
+# the CPU of the same request through requests (its request preparation, hooks and adapter layers).
+# Same timeouts and CA bundle as the session; no retries of urllib3's own (errors would echo the SAS
+# URL; :func:`_request` retries). Where requests would take a proxy or netrc from the environment,
+# the session is used instead.
 _CONTROL_POOL = None if _USE_ENVIRONMENT else urllib3.PoolManager(
     timeout=urllib3.Timeout(connect=_TIMEOUT[0], read=_TIMEOUT[1]), retries=False, cert_reqs="CERT_REQUIRED",
     **_ca_settings(_VERIFY))
