@@ -4,7 +4,11 @@ Workload, identical for both brokers (durable: a send is acknowledged only once 
 * latency: one message at a time, send -> receive -> complete (RabbitMQ: publish with confirms ->
   basic_get -> ack); p50 / p99 of the whole round trip;
 * throughput: 4 sender and 4 receiver processes, each with its own connection, moving N messages;
-  receivers settle every message (complete / ack) individually.
+  receivers consume as a stream with a prefetch of 50 (the SDK's ``for msg in receiver``; pika's
+  ``basic_consume``) and settle every message (complete / ack) individually. ``--receive=batch``
+  makes the SDK's receivers call ``receive_messages(max_message_count=50)`` instead: that call waits
+  up to 0.2 s for a full batch (the SDK's "further pull" wait, on the client), which pika's consumer
+  has no counterpart for; it idles the receivers between batches and ends every run with such a wait.
 
 Targets: p99 <= 5 ms, >= 2,000 msg/s, >= 0.7x RabbitMQ, broker CPU <= 0.15 ms per message. The CPU
 split (user + system seconds of the broker's processes, and of the 8 client processes, during the
@@ -12,7 +16,7 @@ throughput run, per message; the kernel's part of the broker's share shown on it
 CPU-bound run's time goes.
 
     .venv/bin/python -m benchmarks emulator [--messages=N] [--latency-runs=N] [--no-rabbitmq]
-                                            [--durability=full|normal] [--perf]
+                                            [--durability=full|normal] [--receive=stream|batch] [--perf]
 
 --perf adds where each broker's CPU went (Linux perf): its runtime, the kernel, native libraries.
 """
@@ -75,6 +79,25 @@ def _sb_sender(conn: str, count: int, start: mp.Event, cpu: mp.Value) -> None:
 
 
 def _sb_receiver(conn: str, done: mp.Value, total: int, start: mp.Event, cpu: mp.Value) -> None:
+    """A streaming consumer: each message as it arrives, completed on its own (as pika's basic_consume)."""
+    from azure.servicebus import ServiceBusClient
+
+    # max_wait_time: the iterator ends after a second without messages (the others finished the run)
+    with ServiceBusClient.from_connection_string(conn) as client, client.get_queue_receiver(
+            QUEUE, prefetch_count=50, max_wait_time=1) as receiver:
+        start.wait()
+        with _ClientCpu(cpu):
+            while done.value < total:
+                for msg in receiver:
+                    receiver.complete_message(msg)
+                    with done.get_lock():
+                        done.value += 1
+                        if done.value >= total:
+                            break
+
+
+def _sb_batch_receiver(conn: str, done: mp.Value, total: int, start: mp.Event, cpu: mp.Value) -> None:
+    """--receive=batch: batches of up to 50 from receive_messages, each message completed on its own."""
     from azure.servicebus import ServiceBusClient
 
     with ServiceBusClient.from_connection_string(conn) as client, client.get_queue_receiver(
@@ -314,6 +337,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--no-rabbitmq", action="store_true", help="skip the RabbitMQ comparison")
     parser.add_argument("--durability", choices=["full", "normal"], default="full",
                         help="the emulator's SQLite synchronous mode (default full: fsync per commit)")
+    parser.add_argument("--receive", choices=["stream", "batch"], default="stream",
+                        help="how the SDK's receivers take messages: stream (default: `for msg in receiver`, as "
+                             "pika's basic_consume) or batch (receive_messages(max_message_count=50), which waits "
+                             "up to 0.2 s on the client for a full batch)")
     parser.add_argument("--perf", action="store_true",
                         help="sample the brokers with Linux perf during the throughput run and print where their "
                              "CPU went: runtime (interpreter/VM), kernel (fsync, sockets, ...), native libraries")
@@ -336,9 +363,10 @@ def main(argv: list[str]) -> None:
             lat = emulator_latency(emu.connection_string(), args.latency_runs)
             assert emu.proc is not None
             pid = emu.proc.pid
-            tput = throughput(_sb_sender, _sb_receiver, emu.connection_string(), args.messages, lambda: [pid],
+            receiver = _sb_receiver if args.receive == "stream" else _sb_batch_receiver
+            tput = throughput(_sb_sender, receiver, emu.connection_string(), args.messages, lambda: [pid],
                               perf=args.perf)
-            rows.append(("emulator (azure-servicebus SDK)", lat, tput))
+            rows.append((f"emulator (azure-servicebus SDK, {args.receive})", lat, tput))
         finally:
             emu.stop()
         if not args.no_rabbitmq and shutil.which("rabbitmq-server"):
