@@ -68,6 +68,13 @@ class _ClientCpu:
             self.total.value += time.process_time() - self.t0
 
 
+def _count_settled(done: mp.Value) -> int:
+    """One more message settled, across all receiver processes; the new count."""
+    with done.get_lock():
+        done.value += 1
+        return done.value
+
+
 def _sb_sender(conn: str, count: int, start: mp.Event, cpu: mp.Value) -> None:
     from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
@@ -90,10 +97,8 @@ def _sb_receiver(conn: str, done: mp.Value, total: int, start: mp.Event, cpu: mp
             while done.value < total:
                 for msg in receiver:
                     receiver.complete_message(msg)
-                    with done.get_lock():
-                        done.value += 1
-                        if done.value >= total:
-                            break
+                    if _count_settled(done) >= total:
+                        break
 
 
 def _sb_batch_receiver(conn: str, done: mp.Value, total: int, start: mp.Event, cpu: mp.Value) -> None:
@@ -107,8 +112,7 @@ def _sb_batch_receiver(conn: str, done: mp.Value, total: int, start: mp.Event, c
             while done.value < total:
                 for msg in receiver.receive_messages(max_message_count=50, max_wait_time=0.5):
                     receiver.complete_message(msg)
-                    with done.get_lock():
-                        done.value += 1
+                    _count_settled(done)
 
 
 def emulator_latency(conn: str, runs: int) -> list[float]:
@@ -293,8 +297,7 @@ def _rmq_receiver(port: str, done: mp.Value, total: int, start: mp.Event, cpu: m
 
     def on_message(channel, method, _props, _body) -> None:
         channel.basic_ack(method.delivery_tag)
-        with done.get_lock():
-            done.value += 1
+        _count_settled(done)
 
     ch.basic_consume(QUEUE, on_message)
     with _ClientCpu(cpu):
