@@ -319,8 +319,8 @@ class Broker:
             if self.store.dirty or state.after_commit:
                 # inline: committed and acknowledged right here; group commit: the writer thread
                 # commits and then runs the callbacks on this loop, in order
-                self.store.submit(state.after_commit, self._run_committed)
-                if self.on_turn_end and state.after_commit and not self.group_commit:
+                acknowledged = self.store.submit(state.after_commit, self._run_committed)
+                if self.on_turn_end and state.after_commit and acknowledged:
                     self.on_turn_end()  # the acknowledgements first: senders wait on them, not on the pumps
             pumps = state.pump | self._turn_state.pump  # incl. what inline callbacks made ready
             self._turn_state.pump = set()

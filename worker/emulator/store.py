@@ -182,14 +182,16 @@ class Store:
         self._writer = threading.Thread(target=self._write_loop, name="emulator-store-writer", daemon=True)
         self._writer.start()
 
-    def submit(self, callbacks: list[Callable[[], None]], run: Callable[[list[Callable[[], None]]], None]) -> None:
-        """Commit this turn's writes in the background, then ``run(callbacks)`` on the event loop."""
+    def submit(self, callbacks: list[Callable[[], None]], run: Callable[[list[Callable[[], None]]], None]) -> bool:
+        """Commit this turn's writes, then ``run(callbacks)`` on the event loop. True when that is done
+        on return (no writer thread: committed inline); False when the writer thread does it later."""
         ops, self._ops = self._ops, []
-        if self._writer is None:  # not started (tests of the broker alone): synchronous
+        if self._writer is None:
             self._apply(ops)
             run(callbacks)
-            return
+            return True
         self._queue.put((ops, callbacks, run))
+        return False
 
     def _write_loop(self) -> None:
         assert self._loop is not None
