@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.waiting import await_until
 from worker.emulator import codec
 from worker.emulator.broker import Broker
 from worker.emulator.broker import Message as StoredMessage
@@ -47,11 +48,8 @@ async def _one_send_turn(tmp_path: Path, group_commit: bool) -> list[str]:
         # what the AMQP server does for one incoming transfer: store it, acknowledge it after the commit
         broker.enqueue(queue, codec.IncomingMessage(bare=b"\x00Sw\xa1\x02hi", message_id="m1"))
         broker.after_commit(lambda: recorder.events.append("acknowledge m1"))
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if "offer m1" in recorder.events:
-                break
-        await asyncio.sleep(0.05)
+        await await_until(lambda: "offer m1" in recorder.events, timeout=5, what="the offer of m1")
+        await asyncio.sleep(0.05)  # the rest of that turn (its last write-out)
         return recorder.events
     finally:
         broker.stop()
@@ -68,8 +66,8 @@ async def test_a_turn_writes_its_acknowledgements_before_it_hands_messages_to_co
 
 
 async def test_with_group_commit_the_acknowledgement_still_precedes_the_offer(tmp_path: Path):
-    """Positive control for the hooks: the writer-thread mode runs the same callbacks, later, on the
-    loop; the message becomes deliverable only after its commit, so never before its acknowledgement."""
+    """The writer-thread mode runs the same callbacks later, on the loop: the message becomes
+    deliverable only after its commit, so it is never offered before its acknowledgement."""
     events = await _one_send_turn(tmp_path, group_commit=True)
     assert events.index("acknowledge m1") < events.index("offer m1"), events
     assert events[-1] == "write-out", events
@@ -86,10 +84,7 @@ async def test_store_submit_says_whether_the_callbacks_have_run(tmp_path: Path, 
         done = store.submit([lambda: ran.append("cb")], lambda callbacks: [cb() for cb in callbacks])
         assert done is (not group_commit)
         assert ran == ([] if group_commit else ["cb"])
-        for _ in range(100):
-            if ran:
-                break
-            await asyncio.sleep(0.01)
+        await await_until(lambda: ran, timeout=5, what="the callback after the writer's commit")
         assert ran == ["cb"]
     finally:
         store.close()
